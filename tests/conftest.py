@@ -1,0 +1,4 @@
+pytest_plugins = [
+    "tests.fixtures.mlflow_server",
+    "tests.fixtures.p4p_server",
+]
