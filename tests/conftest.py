@@ -1,4 +1,0 @@
-pytest_plugins = [
-    "tests.fixtures.mlflow_server",
-    "tests.fixtures.p4p_server",
-]
