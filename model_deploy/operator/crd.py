@@ -7,6 +7,7 @@ problem into one message that names the field and the fix.
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +25,8 @@ LABEL_MANAGED_BY = f"{GROUP}/managed-by"  # "mlflow" on CRs the MLflow poller cr
 LABEL_DEPLOYMENT = f"{GROUP}/deployment"  # the CR name, on every rendered object
 ANNOTATION_REGISTERED_MODEL = f"{GROUP}/registered-model"
 ANNOTATION_CHECKSUM = f"{GROUP}/config-checksum"
+# The CR generation a rendered Deployment was built from (debugging aid: "is the Deployment stale?").
+ANNOTATION_CR_GENERATION = f"{GROUP}/cr-generation"
 MANAGED_BY_MLFLOW = "mlflow"
 
 
@@ -62,6 +65,26 @@ class LocalModelSource(_Spec):
     path: str = Field(min_length=1, description="Directory or file:Factory inside the container")
     pvc: str | None = Field(default=None, description="PersistentVolumeClaim mounted at `path`")
 
+    @model_validator(mode="after")
+    def _absolute_path(self) -> "LocalModelSource":
+        if not self.path.startswith("/"):
+            raise ValueError(
+                f"path must be absolute inside the container, e.g. /models/my_model, got {self.path!r}"
+            )
+        if self.pvc and self.mount_dir() == "/":
+            raise ValueError(
+                "path needs a parent directory to mount the volume at (not '/'), e.g. /models/my_model"
+            )
+        return self
+
+    def mount_dir(self) -> str:
+        """Directory where a PVC (or a model image's files) is mounted: the parent of the model path.
+
+        `path` may be `dir`, `dir/file.py` or `dir/file.py:Factory`; the factory suffix is not a path.
+        """
+        file_path = self.path.split(":", 1)[0].rstrip("/") or "/"
+        return posixpath.dirname(file_path) or "/"
+
 
 class ModelSource(_Spec):
     mlflow: MlflowModelSource | None = None
@@ -74,6 +97,13 @@ class ModelSource(_Spec):
             raise ValueError("set exactly one of model.mlflow or model.local")
         if self.image and self.local is None:
             raise ValueError("model.image needs model.local.path: the path of the model inside the image")
+        if self.image and self.local is not None:
+            if self.local.pvc:
+                raise ValueError("set either model.image or model.local.pvc, not both: both would be mounted at "
+                                 "the model directory")
+            if self.local.mount_dir() == "/":
+                raise ValueError("model.local.path needs a parent directory (not '/') to copy the model image's "
+                                 "files into, e.g. /models/my_model")
         return self
 
 

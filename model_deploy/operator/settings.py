@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,7 +16,9 @@ class OperatorSettings(BaseSettings):
     # Namespaces watched for ModelDeployments; empty means every namespace (cluster-wide RBAC).
     watch_namespaces: list[str] = Field(default_factory=list)
 
-    mlflow_tracking_uri: str | None = None  # falls back to MLFLOW_TRACKING_URI
+    # MDO_MLFLOW_TRACKING_URI, else the standard MLFLOW_TRACKING_URI (read when the settings are built,
+    # so rendering stays a pure function of the settings).
+    mlflow_tracking_uri: str | None = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None)
     mlflow_poll_enabled: bool = True
     mlflow_poll_interval_seconds: float = Field(default=10.0, gt=0)
     # Backoff for MLflow outages: doubled per failure up to the maximum.
@@ -35,3 +39,10 @@ class OperatorSettings(BaseSettings):
 
     metrics_port: int = 8080  # /metrics and /healthz of the operator itself
     status_resync_seconds: float = Field(default=15.0, gt=0)
+
+    # kopf's own liveness endpoint (`--liveness`, with the @kopf.on.probe results); a separate port
+    # because metrics_port is served by the operator's metrics server.
+    liveness_port: int = 8081
+    # Per-call timeout of MLflow client requests (MLflow's own retries are turned off: the poller and the
+    # reconciler back off themselves).
+    mlflow_request_timeout_seconds: int = Field(default=10, gt=0)
