@@ -1,0 +1,1 @@
+"""Packaging checks: the Helm chart, the Dockerfiles and the image constraints."""
