@@ -17,7 +17,8 @@ pytestmark = pytest.mark.mlflow
 def _restore_mlflow_http_env(monkeypatch):
     # The CLI tunes MLflow's HTTP retries for itself; keep that from leaking into other tests.
     for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # records the original value, so teardown restores it
+        monkeypatch.delenv(key)
 
 
 def run(argv: list[str]) -> int:
