@@ -17,11 +17,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# The images' pins (constraints/) also pin the test environment, so CI tests what ships.
+stamp="$VENV/.installed-$(cat pyproject.toml constraints/runtime.txt constraints/operator.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the project and its dependencies into $VENV (torch and mlflow: a few minutes the first time)"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -e '.[dev]'
+  "$VENV/bin/pip" install --quiet -e '.[dev]' -c constraints/runtime.txt -c constraints/operator.txt
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 else
