@@ -161,8 +161,11 @@ class P4PInterface(SystemInterface):
         ctx = self._ctx()
         for name in names:
             spec = self._spec(name)
+            first_value_seen = threading.Event()
             subscription = ctx.monitor(
-                spec.name, functools.partial(self._on_update, spec, callback), notify_disconnect=True
+                spec.name,
+                functools.partial(self._on_update, spec, callback, first_value_seen),
+                notify_disconnect=True,
             )
             with self._lock:
                 previous = self._subscriptions.pop(spec.key, None)
@@ -170,10 +173,15 @@ class P4PInterface(SystemInterface):
             if previous is not None:
                 previous.close()
 
-    def _on_update(self, spec: VariableSpec, callback: MonitorCallback, update: Any) -> None:
+    def _on_update(
+        self, spec: VariableSpec, callback: MonitorCallback, first_value_seen: threading.Event, update: Any
+    ) -> None:
         # Runs on a p4p worker thread: never raise, never hand exceptions to the pipeline.
         if isinstance(update, Disconnected):
-            self._tracker.mark_disconnected(spec.key, "server connection lost")
+            # p4p reports every new subscription as Disconnected until it connects; that is not a loss
+            # of a connection the initial get may already have established.
+            if first_value_seen.is_set():
+                self._tracker.mark_disconnected(spec.key, "server connection lost")
             return
         if isinstance(update, RemoteError):
             self._tracker.mark_error(spec.key, str(update))
@@ -189,6 +197,7 @@ class P4PInterface(SystemInterface):
         except Exception as exc:  # a malformed update must not kill the subscription
             self._tracker.mark_error(spec.key, f"cannot convert update: {exc}")
             return
+        first_value_seen.set()
         self._tracker.mark_connected(spec.key)
         try:
             callback(spec.key, value)
