@@ -46,3 +46,7 @@ class OperatorSettings(BaseSettings):
     # Per-call timeout of MLflow client requests (MLflow's own retries are turned off: the poller and the
     # reconciler back off themselves).
     mlflow_request_timeout_seconds: int = Field(default=10, gt=0)
+    # kopf `settings.scanning.disabled`: do not list/watch CRDs and namespaces at cluster scope. The Helm
+    # chart sets it with namespaced RBAC (rbac.clusterWide=false), which grants neither; kopf then serves
+    # exactly watch_namespaces instead of retrying 403s and falling back with warnings.
+    kopf_scanning_disabled: bool = False
