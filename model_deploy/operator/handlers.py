@@ -422,6 +422,8 @@ def configure_kopf(settings: kopf.OperatorSettings, operator_settings: OperatorS
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key=DIFFBASE_KEY)
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"  # never added: no handler needs one
     settings.posting.level = logging.WARNING  # Kubernetes Events only for warnings and errors
+    # Namespaced RBAC (Helm rbac.clusterWide=false) cannot list CRDs or namespaces cluster-wide.
+    settings.scanning.disabled = operator_settings.kopf_scanning_disabled
 
 
 async def start_operator(operator_settings: OperatorSettings, kube: Kube | None = None) -> OperatorContext:
