@@ -6,16 +6,13 @@ Skipped with a clear reason when the control-plane binaries are not built
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from model_deploy.operator.crd import API_VERSION, GROUP, KIND, PLURAL
+from model_deploy.operator.crd import API_VERSION, KIND
 from model_deploy.operator.kube import (
     Kube,
     KubeConflict,
@@ -25,39 +22,12 @@ from model_deploy.operator.kube import (
     load_api_client,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-CRD_PATH = REPO / "crds" / "modeldeployment.yaml"
-_CLUSTER_KEY = pytest.StashKey[Any]()
-
-
-def shared_control_plane(config: pytest.Config) -> Any:
-    """One control plane per pytest session, shared by every test module that asks (cached in the
-    session's config stash, stopped at session end). Skips when the binaries are missing."""
-    if _CLUSTER_KEY in config.stash:
-        return config.stash[_CLUSTER_KEY]
-    sys.path.insert(0, str(REPO / "e2e"))
-    from controlplane import ControlPlane  # e2e/controlplane.py (stdlib only)
-
-    # A temp run dir (MDO_E2E_KEEP=1 keeps its logs): MDO_E2E_DIR belongs to the e2e suite's own cluster.
-    cp = ControlPlane()
-    if not cp.use_existing:
-        missing = cp.missing_binaries()
-        if missing:
-            if os.environ.get("MDO_E2E_REQUIRE") == "1":
-                raise RuntimeError(f"control-plane binaries missing: {missing}")
-            pytest.skip(f"Kubernetes control-plane binaries not built ({', '.join(missing)} missing in "
-                        f"{cp.bin_dir}); run: bash e2e/build-control-plane.sh")
-    cp.start()
-    config.add_cleanup(cp.stop)
-    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
-    config.stash[_CLUSTER_KEY] = cp
-    return cp
 
 
 @pytest.fixture(scope="session")
-def kube_cluster(request: pytest.FixtureRequest) -> Any:
-    return shared_control_plane(request.config)
+def kube_cluster(crd_installed: Any) -> Any:
+    """The session's control plane (tests/fixtures/control_plane.py) with the CRD installed."""
+    return crd_installed
 
 
 @pytest.fixture
