@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import kopf
+import yaml
 
 from model_deploy.operator.crd import (
     GROUP,
@@ -51,6 +52,8 @@ from model_deploy.operator.mlflow_sync import (
 )
 from model_deploy.operator.render import RenderError, render_objects
 from model_deploy.operator.settings import OperatorSettings
+from model_deploy.runtime.config import load_config
+from model_deploy.runtime.errors import ConfigError
 from model_deploy.operator.status import (
     DEGRADED,
     PROGRESSING,
@@ -70,6 +73,7 @@ REASON_CONFIG_NOT_FOUND = "ConfigMapNotFound"
 REASON_INVALID_OBJECT = "InvalidObject"
 REASON_FORBIDDEN = "Forbidden"
 REASON_RENDER_FAILED = "RenderFailed"
+REASON_INVALID_CONFIG = "InvalidConfig"
 # Input problems found by reconcile(); a Deployment event re-computes the status without re-resolving
 # inputs, so it carries these over instead of flapping back to Ready until the next resync.
 CARRIED_REASONS = frozenset(
@@ -232,6 +236,30 @@ async def _pipeline_config_text(
     return data[ref.key], None
 
 
+def pipeline_config_problem(spec: ModelDeploymentSpec, config_text: str | None) -> tuple[str, str] | None:
+    """Check an inline or ConfigMap pipeline config with the runtime's own loader, so a config the runtime
+    would refuse is reported on the CR instead of rolling pods into a crash loop. A config that comes
+    with the model from MLflow is checked by the runtime when it starts."""
+    if spec.config.inline is not None:
+        field, source = "spec.config.inline", spec.config.inline
+    elif config_text is not None:
+        ref = spec.config.config_map_ref
+        field = f"spec.config.configMapRef (ConfigMap {ref.name}, key {ref.key})"
+        try:
+            source = yaml.safe_load(config_text)
+        except yaml.YAMLError as exc:
+            return REASON_INVALID_CONFIG, f"{field}: not valid YAML: {exc}"
+    else:
+        return None
+    if not isinstance(source, Mapping):
+        return REASON_INVALID_CONFIG, f"{field}: expected a mapping of pipeline sections, got {type(source).__name__}"
+    try:
+        load_config(dict(source))
+    except ConfigError as exc:
+        return REASON_INVALID_CONFIG, f"{field}: " + "; ".join(exc.problems)
+    return None
+
+
 async def _apply_objects(ctx: OperatorContext, objects: list[dict[str, Any]]) -> tuple[str, str] | None:
     for obj in objects:
         try:
@@ -306,6 +334,8 @@ async def _reconcile_locked(ctx: OperatorContext, body: dict[str, Any]) -> tuple
     config_text = None
     if model_error is None:
         config_text, model_error = await _pipeline_config_text(ctx, spec, namespace)
+    if model_error is None:
+        model_error = pipeline_config_problem(spec, config_text)
     deployment_name = name
     if model_error is None:
         try:
