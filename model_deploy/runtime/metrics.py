@@ -56,6 +56,11 @@ class RuntimeMetrics:
             "Input updates superseded by a newer value of the same input before being processed",
             registry=reg,
         )
+        self.superseded_outputs = Counter(
+            f"{PREFIX}_superseded_outputs",
+            "Output sets replaced by a newer one while a write to the control system was in flight",
+            registry=reg,
+        )
         self.evaluations = Counter(f"{PREFIX}_evaluations", "Successful model evaluations", registry=reg)
         self.evaluation_duration = Histogram(
             f"{PREFIX}_evaluation_duration_seconds",

@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -133,6 +133,67 @@ def build_interfaces(config: Any, publish: bool, getter: Any = None, putter: Any
     return getter, putter
 
 
+class LatestOutputWriter:
+    """Writes output sets on a thread of its own, so evaluations never wait on a control-system round trip.
+
+    While a write is in flight, a newer output set replaces the one waiting (latest wins), as input
+    updates coalesce: the control system always ends with the newest outputs, and a slow IOC cannot build
+    a backlog in the runtime.
+    """
+
+    def __init__(
+        self,
+        put_many: Callable[[dict[str, Any]], None],
+        on_written: Callable[[], None],
+        on_error: Callable[[BaseException], None],
+        on_superseded: Callable[[], None],
+    ):
+        self._put_many = put_many
+        self._on_written = on_written
+        self._on_error = on_error
+        self._on_superseded = on_superseded
+        self._lock = threading.Lock()
+        self._waiting: dict[str, Any] | None = None
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="pipeline-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, outputs: dict[str, Any]) -> None:
+        with self._lock:
+            if self._waiting is not None:
+                self._on_superseded()
+            self._waiting = outputs
+            self._wake.set()
+
+    def close(self, timeout: float) -> None:
+        """Write what is waiting, then stop."""
+        with self._lock:
+            self._closing = True
+            self._wake.set()
+        self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                outputs, self._waiting = self._waiting, None
+                self._wake.clear()
+                closing = self._closing
+            if outputs is not None:
+                try:
+                    self._put_many(outputs)
+                except Exception as exc:  # counted and logged by the pipeline; the writer keeps going
+                    self._on_error(exc)
+                else:
+                    self._on_written()
+            if closing:
+                return
+
+
 class Pipeline:
     """One deployment's runtime loop. See the module docstring for the threading model.
 
@@ -179,6 +240,7 @@ class Pipeline:
 
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
+        self._writer: LatestOutputWriter | None = None  # only while running; step_once writes inline
         self._started = False
         self._closed = False
         self._last_evaluation = -math.inf
@@ -213,6 +275,13 @@ class Pipeline:
         if self._started:
             return
         self._started = True
+        if self.publish:
+            self._writer = LatestOutputWriter(
+                self._putter.put_many,
+                on_written=self._outputs_written,
+                on_error=self._put_failed,
+                on_superseded=self.metrics.superseded_outputs.inc,
+            )
         self._worker = threading.Thread(target=self._run, name="pipeline-worker", daemon=True)
         self._worker.start()
 
@@ -239,6 +308,8 @@ class Pipeline:
             self._worker.join(timeout)  # the evaluation in progress finishes (and is published)
             if self._worker.is_alive():
                 logger.warning("pipeline worker did not finish within %.0fs; exiting anyway", timeout)
+        if self._writer is not None:
+            self._writer.close(timeout)  # the last evaluation's outputs still reach the control system
         if shared:
             self._close_quietly(self._getter, "input/output")
         elif self._putter is not None:
@@ -380,18 +451,28 @@ class Pipeline:
             raise self._count(_stage_error("transform_out", exc)) from exc
         if outputs is None:
             return None
-        if self.publish:
+        self.last_outputs = outputs
+        if self._writer is not None:
+            self._writer.submit(outputs)
+        elif self.publish:
             try:
                 self._putter.put_many(outputs)
             except Exception as exc:
                 raise self._count(_stage_error("put", exc)) from exc
+            self._outputs_written()
         else:
             self._dry_run_log("dry run (no --publish): not writing %s", _summarise(outputs))
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("outputs: %s", _summarise(outputs))
-        self.last_outputs = outputs
-        self.metrics.last_output_timestamp.set(time.time())
+            self._outputs_written()
         return outputs
+
+    def _outputs_written(self) -> None:
+        self.metrics.last_output_timestamp.set(time.time())
+
+    def _put_failed(self, exc: BaseException) -> None:
+        error = self._count(_stage_error("put", exc))
+        self._error_logs["put"]("pipeline stage put failed: %s", error, exc_info=exc)
 
     def _count(self, error: PipelineError) -> PipelineError:
         self._errors[error.stage].inc()
@@ -409,7 +490,8 @@ class Pipeline:
         return {name: bool(state.get(name, False)) for name in self._input_names}
 
     def worker_alive(self) -> bool:
-        return self._worker is not None and self._worker.is_alive()
+        writer_ok = self._writer is None or self._writer.alive() or self._closed
+        return self._worker is not None and self._worker.is_alive() and writer_ok
 
     @property
     def evaluations(self) -> int:

@@ -23,6 +23,7 @@ from p4p.client.thread import Context
 
 from model_deploy.runtime.config import load_config
 from model_deploy.runtime.errors import PipelineError
+from model_deploy.runtime.interfaces import build_interface
 from model_deploy.runtime.metrics import MetricsServer, RuntimeMetrics, readiness_report
 from model_deploy.runtime.models import load_model
 from model_deploy.runtime.pipeline import Pipeline, ThrottledLog, non_finite_keys
@@ -370,6 +371,41 @@ def test_put_failure_is_counted_by_stage(p4p_pvs, linear_model, run_pipeline):
     wait_until(lambda: metric(pipeline, "model_deploy_runtime_errors_total", stage="put") >= 2)
     assert pipeline.worker_alive()
     assert outputs.get("OUT:Y") == 0.0
+
+
+class SlowIOC:
+    """The real p4p client putter, behind a control system that takes 0.3 s to acknowledge each write."""
+
+    def __init__(self, putter, delay: float = 0.3):
+        self.putter, self.delay, self.writes = putter, delay, 0
+
+    def put_many(self, values):
+        time.sleep(self.delay)
+        self.putter.put_many(values)
+        self.writes += 1
+
+    def __getattr__(self, name):
+        return getattr(self.putter, name)
+
+
+def test_slow_output_writes_do_not_hold_up_evaluations_and_the_latest_outputs_win(
+    p4p_pvs, linear_model, run_pipeline
+):
+    inputs = p4p_pvs({"IN:X1": 0.0, "IN:X2": 0.0})
+    outputs = p4p_pvs({"OUT:Y": -1.0})
+    config = linear_config(inputs, output="p4p", output_server=outputs)
+    slow = SlowIOC(build_interface("p4p", config["output_data_to"]["config"]))
+    pipeline = run_pipeline(config, linear_model, putter=slow)
+    wait_until(lambda: outputs.get("OUT:Y") == 0.0)
+
+    for i in range(1, 11):
+        inputs.post("IN:X1", float(i))
+        wait_until(lambda: pipeline.last_inputs == {"x1": float(i), "x2": 0.0}, timeout=5)
+    # Had the worker waited for each write, evaluation i would only start after write i-1: 9 writes.
+    assert slow.writes <= 5
+    wait_until(lambda: outputs.get("OUT:Y") == 20.0)  # the newest outputs reach the control system
+    assert metric(pipeline, "model_deploy_runtime_superseded_outputs_total") >= 1
+    assert metric(pipeline, "model_deploy_runtime_errors_total", stage="put") == 0
 
 
 # ----------------------------------------------------------------------------- (h) coalescing, rate
