@@ -27,6 +27,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 2.0
 
 
+def _drain_missed_wakeup(subscription: Any) -> None:
+    """Work around a p4p (4.3) race: `Context.monitor` assigns the subscription's handle only after the
+    monitor has started, so an update arriving in between is dropped ("Lost Subscription update") and,
+    since the server notifies only when its queue goes from empty to non-empty, that PV never updates
+    again. Scheduling one drain of the queue after the handle exists recovers it; on an empty queue it
+    does nothing."""
+    queue, handle = getattr(subscription, "_Q", None), getattr(subscription, "_handle", None)
+    if queue is not None and handle is not None:
+        queue.push(handle)
+
+
 def _valid_host_port(entry: str) -> bool:
     host, sep, port = entry.rpartition(":")
     if not sep:
@@ -167,6 +178,7 @@ class P4PInterface(SystemInterface):
                 functools.partial(self._on_update, spec, callback, first_value_seen),
                 notify_disconnect=True,
             )
+            _drain_missed_wakeup(subscription)
             with self._lock:
                 previous = self._subscriptions.pop(spec.key, None)
                 self._subscriptions[spec.key] = subscription
