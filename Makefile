@@ -21,6 +21,8 @@ e2e: setup control-plane
 packaging:
 	bash scripts/check-packaging.sh
 
-bench: setup control-plane
+bench: setup control-plane  ## benchmarks against their baselines (poly-lithic from PyPI, plain kubectl)
+	bash scripts/setup-bench.sh
 	.venv/bin/python bench/runtime_bench.py
 	.venv/bin/python bench/operator_bench.py
+	.venv/bin/python bench/formula_bench.py
