@@ -13,6 +13,7 @@ left off.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import os
@@ -463,6 +464,9 @@ class MlflowSync:
         self.consecutive_failures = 0
         self.last_success: float | None = None
         self._outage: str | None = None  # "mlflow" / "kubernetes" while one is ongoing: log once
+        # The poller and the status path both write a model's tags; each reads the CR and writes under
+        # the model's lock, so a slower writer holding an older view never overwrites a newer status.
+        self._tag_locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     # -- thread offloading --------------------------------------------------------------------------
     async def _mlflow(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -552,19 +556,24 @@ class MlflowSync:
 
         actions_by_cr = {action.cr_name: action for action in actions}
         writes = 0
-        now = self.clock()
         for model in models.values():
             want = desired.get(model.name)
             cr_name = want.cr_name if want else deployment_name_for_model(model.name)
             cr = crs_after.get(cr_name)
             if cr is not None and not cr.managed:
                 cr = None if want is None else cr  # someone else's CR: only a name conflict concerns us
-            wanted = wanted_tags(
-                model=model, want=want, action=actions_by_cr.get(cr_name), cr=cr, namespace=namespace, now=now
-            )
-            changes = tag_changes(model.tags, wanted)
-            if changes:
-                writes += await self.write_tags(model.name, changes)
+            async with self._tag_locks[model.name]:
+                if cr is not None and cr.managed and want is not None and want.intent == "deploy":
+                    # The listing is as old as this poll; the status path may have reported since.
+                    fresh = await self._kube(self.kube.get_cr, namespace, cr_name)
+                    cr = ExistingCR.from_object(fresh) if fresh is not None else None
+                wanted = wanted_tags(
+                    model=model, want=want, action=actions_by_cr.get(cr_name), cr=cr, namespace=namespace,
+                    now=self.clock(),
+                )
+                changes = tag_changes(model.tags, wanted)
+                if changes:
+                    writes += await self.write_tags(model.name, changes)
         return actions, writes
 
     def _failed(self, component: str, error: str) -> PollOutcome:
@@ -619,10 +628,14 @@ class MlflowSync:
             if want is None or want.intent != "deploy" or want.cr_name != existing.name:
                 return 0  # the poller owns every other case (terminate, typo, tag removed)
             namespace = (cr.get("metadata") or {}).get("namespace") or self.settings.namespace
-            wanted = wanted_tags(model=model, want=want, action=None, cr=existing, namespace=namespace,
-                                 now=self.clock())
-            changes = tag_changes(model.tags, wanted)
-            return await self.write_tags(model.name, changes) if changes else 0
-        except (MlflowUnavailable, ModelNotFound) as exc:
+            async with self._tag_locks[model.name]:
+                fresh = await self._kube(self.kube.get_cr, namespace, existing.name)
+                if fresh is None:
+                    return 0  # deleted meanwhile: the poller reports that
+                wanted = wanted_tags(model=model, want=want, action=None, cr=ExistingCR.from_object(fresh),
+                                     namespace=namespace, now=self.clock())
+                changes = tag_changes(model.tags, wanted)
+                return await self.write_tags(model.name, changes) if changes else 0
+        except (MlflowUnavailable, ModelNotFound, KubeError, asyncio.TimeoutError) as exc:
             log.debug("tag push for %s deferred to the poller: %s", existing.name, exc)
             return 0
