@@ -153,8 +153,10 @@ def test_tagged_model_is_deployed_rolled_and_terminated(
                "Ready=True")
     assert cr["status"]["phase"] == "running"
     assert cr["status"]["resolvedVersion"] == "1"
-    # First rollout: deploying, then running (pending may come first, before the Deployment exists).
-    assert phases.since("deploying")[:2] == ["deploying", "running"], phases.phases
+    # First rollout: deploying, then running (pending may come first, before the Deployment exists). The
+    # recorder's watch may deliver the last event a moment after the GET above saw it.
+    wait_for(lambda: phases.since("deploying")[:2] == ["deploying", "running"], 10,
+             "the phases deploying -> running", diagnostics=lambda: f"phases seen: {phases.phases}")
 
     tags = _wait_tags(mlflow_models, model_name, {
         "deployment_status": "running", "deployment_name": cr_name, "deployment_namespace": namespace,
@@ -238,6 +240,7 @@ PHASE_ORDER = {"pending": 0, "deploying": 1, "running": 2}
 
 def test_tags_of_new_deployments_never_go_backwards(
     cluster: Cluster, module_namespace: str, poller_operator: OperatorProcess, mlflow_models: MlflowModels,
+    request,
 ):
     """deployment_status of a fresh deployment moves pending -> deploying -> running and never back while
     the CR stays Ready: a consumer polling MLflow must not see `running` and then `pending`/`updating`.
@@ -250,6 +253,9 @@ def test_tags_of_new_deployments_never_go_backwards(
     names = [f"{prefix}{i}" for i in range(count)]
     for name in names:
         mlflow_models.register(name, versions=1)
+    recorders = {name: PhaseRecorder(cluster, namespace, deployment_name_for_model(name)).start() for name in names}
+    for recorder in recorders.values():
+        request.addfinalizer(recorder.stop)
     for name in names:
         mlflow_models.client.set_registered_model_tag(name, "deployment_type", "prod")
 
@@ -281,7 +287,13 @@ def test_tags_of_new_deployments_never_go_backwards(
         if any(PHASE_ORDER.get(b, -1) < PHASE_ORDER.get(a, -1) for a, b in zip(seen, seen[1:]))
         or set(seen) - set(PHASE_ORDER)
     }
-    assert backwards == {}, f"deployment_status went backwards (or through a wrong phase): {backwards}"
+    cr_phases = {name: recorders[name].phases for name in names}
+    # The CRs themselves: a fresh deployment is deploying, then running; it is never an update.
+    wrong_cr_phases = {name: seen for name, seen in cr_phases.items()
+                       if [p for p in seen if p != "pending"] != ["deploying", "running"]}
+    assert backwards == {}, (f"deployment_status went backwards (or through a wrong phase): {backwards}; "
+                             f"the CRs' own phases: {cr_phases}")
+    assert wrong_cr_phases == {}, f"CR phases of fresh deployments: {wrong_cr_phases}"
     # Two writers of the same tag at once also make MLflow's sqlite store refuse one of them.
     conflicts = [line for line in poller_operator.log_text().splitlines() if "UNIQUE constraint failed" in line]
     assert conflicts == [], conflicts[:3]

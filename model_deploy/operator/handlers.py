@@ -383,6 +383,12 @@ async def refresh_status(
         except SpecError:
             return None  # reported by reconcile(); nothing about the Deployment changes that
         if deployment is not None:
+            # The event is only a trigger: its body can be older than the Deployment a reconcile read
+            # meanwhile, and a stale "not ready yet" would flip a running CR back to updating.
+            deployment = await ctx.call(
+                ctx.kube.get_deployment, namespace, (deployment.get("metadata") or {}).get("name") or name
+            )
+        if deployment is not None:
             status = compute_status(
                 generation=generation, spec=spec, spec_error=None, deployment=deployment,
                 resolved_version=previous.get("resolvedVersion"), previous_status=previous, now=ctx.clock(),
