@@ -552,18 +552,8 @@ def cluster(control_plane, pytestconfig) -> Cluster:
 
 
 @pytest.fixture(scope="session")
-def crd(control_plane, cluster) -> str:
-    """The ModelDeployment CRD, applied with kubectl from crds/ and Established."""
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-
-    def established() -> bool:
-        obj = cluster._plain(cluster.extensions.read_custom_resource_definition(CRD_NAME))
-        return any(
-            c.get("type") == "Established" and c.get("status") == "True"
-            for c in (obj.get("status") or {}).get("conditions") or []
-        )
-
-    wait_for(established, 30, f"CRD {CRD_NAME} Established")
+def crd(crd_installed) -> str:
+    """The ModelDeployment CRD, applied from crds/ and Established (tests/fixtures/control_plane.py)."""
     return CRD_NAME
 
 
