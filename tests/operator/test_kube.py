@@ -7,7 +7,6 @@ Skipped with a clear reason when the control-plane binaries are not built
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -22,25 +21,6 @@ from model_deploy.operator.kube import (
     load_api_client,
 )
 
-
-
-@pytest.fixture(scope="session")
-def kube_cluster(crd_installed: Any) -> Any:
-    """The session's control plane (tests/fixtures/control_plane.py) with the CRD installed."""
-    return crd_installed
-
-
-@pytest.fixture
-def kube(kube_cluster: Any) -> Kube:
-    return Kube.from_environment(kubeconfig=kube_cluster.kubeconfig, request_timeout=15)
-
-
-@pytest.fixture
-def namespace(kube: Kube) -> str:
-    name = f"kube-{uuid.uuid4().hex[:8]}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, "test")
-    yield name
-    kube.delete("v1", "Namespace", None, name)
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):

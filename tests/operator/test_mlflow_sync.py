@@ -39,7 +39,7 @@ from model_deploy.operator.mlflow_sync import (
 from model_deploy.operator.settings import OperatorSettings
 from model_deploy.operator.status import compute_status
 from tests.fixtures.mlflow_server import MlflowServer, free_port
-from tests.operator.test_kube import kube_cluster, wait_until  # noqa: F401 - shared session fixture
+from tests.operator.test_kube import wait_until
 
 pytestmark = pytest.mark.mlflow
 TAG_WRITES = "mdo_mlflow_tag_writes_total"
@@ -64,19 +64,6 @@ def fail_fast_mlflow_client(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # generous: CI machines can be loaded
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-@pytest.fixture
-def kube(kube_cluster) -> Kube:  # noqa: F811 - the imported fixture
-    return Kube.from_environment(kubeconfig=kube_cluster.kubeconfig, request_timeout=15)
-
-
-@pytest.fixture
-def namespace(kube: Kube) -> str:
-    name = f"sync-{uuid.uuid4().hex[:8]}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, "test")
-    yield name
-    kube.delete("v1", "Namespace", None, name)
 
 
 class Registry:
@@ -313,7 +300,7 @@ def test_mlflow_outage_is_logged_once_backs_off_and_recovers(tmp_path, kube, nam
 
 # --------------------------------------------------------------------------------- with the operator
 @pytest.fixture
-def operator_process(kube_cluster, mlflow_server, namespace, tmp_path):  # noqa: F811
+def operator_process(kube_cluster, mlflow_server, namespace, tmp_path):
     """The real operator (`python -m model_deploy.operator`), watching only this test's namespace."""
     metrics_port = free_port()
     env = dict(
