@@ -457,7 +457,7 @@ class MlflowSync:
         self.kube = kube
         self.metrics = metrics or OperatorMetrics()
         self.clock = clock
-        self.client = client if client is not None else make_client(settings.mlflow_tracking_uri)
+        self._client = client  # built on first use: a client without a URI creates ./mlflow.db
         # A little above the client's own request timeout, so the client reports its (clearer) error first.
         self.call_timeout = call_timeout or settings.mlflow_request_timeout_seconds + 5.0
         self.field_manager = f"{settings.field_manager}-mlflow"
@@ -467,6 +467,12 @@ class MlflowSync:
         # The poller and the status path both write a model's tags; each reads the CR and writes under
         # the model's lock, so a slower writer holding an older view never overwrites a newer status.
         self._tag_locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_client(self.settings.mlflow_tracking_uri)
+        return self._client
 
     # -- thread offloading --------------------------------------------------------------------------
     async def _mlflow(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
