@@ -6,10 +6,13 @@ Skipped with a clear reason when the control-plane binaries are not built
 
 from __future__ import annotations
 
-import time
+import functools
+
 from typing import Any
 
 import pytest
+
+from tests.waiting import wait_until as poll_until
 
 from model_deploy.operator.crd import API_VERSION, KIND
 from model_deploy.operator.kube import (
@@ -23,14 +26,7 @@ from model_deploy.operator.kube import (
 
 
 
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+wait_until = functools.partial(poll_until, timeout=30.0, interval=0.1)  # cluster operations are slower
 
 
 def config_map(name: str, namespace: str, data: dict[str, str], **metadata: Any) -> dict[str, Any]:

@@ -14,6 +14,8 @@ partition assignment timing, the gateway's real EPICS behaviour.
 
 from __future__ import annotations
 
+import functools
+
 import base64
 import collections
 import json
@@ -25,6 +27,8 @@ import k2eg.broker
 import msgpack
 import numpy as np
 import pytest
+
+from tests.waiting import wait_until
 
 from model_deploy.runtime.errors import ConfigError
 from model_deploy.runtime.interfaces import InterfaceError, build_interface
@@ -237,13 +241,7 @@ def interface(gateway, k2eg_folder):
     built.close()
 
 
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"condition not met within {timeout}s")
+wait_for = functools.partial(wait_until, timeout=5.0)
 
 
 def test_client_uses_the_ini_and_app_name(interface, gateway, k2eg_folder):

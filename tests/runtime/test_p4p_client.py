@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import threading
 import time
 
 import numpy as np
 import pytest
+
+from tests.waiting import wait_until
 
 from model_deploy.runtime.errors import ConfigError
 from model_deploy.runtime.interfaces import InterfaceError, build_interface
@@ -17,14 +21,7 @@ pytestmark = pytest.mark.p4p
 IMAGE = np.arange(15, dtype=np.float64).reshape(3, 5)  # 3 rows, 5 columns: orientation is visible
 
 
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+wait_for = functools.partial(wait_until, timeout=5.0)
 
 
 def variables(**types: str) -> dict:

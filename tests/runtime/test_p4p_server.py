@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import socket
 import threading
@@ -9,6 +11,8 @@ import time
 
 import numpy as np
 import pytest
+
+from tests.waiting import wait_until
 from p4p.client.thread import Context, RemoteError
 from p4p.nt import NTNDArray
 
@@ -30,13 +34,7 @@ CONFIG = {
 }
 
 
-def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"condition not met within {timeout}s")
+wait_for = functools.partial(wait_until, timeout=5.0)
 
 
 @pytest.fixture

@@ -15,10 +15,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
+
+from tests.waiting import wait_until
 from p4p.client.thread import Context
 
 from model_deploy.runtime.config import load_config
@@ -40,17 +42,6 @@ LOOPBACK_SERVER = {
 
 
 # ----------------------------------------------------------------------------- helpers
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
-
-
 def pv_vars(*names: str, **extra: dict[str, Any]) -> dict[str, Any]:
     return {name: {"name": name, "proto": "pva", **extra.get(name.replace(":", "_"), {})} for name in names}
 
