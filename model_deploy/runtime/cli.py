@@ -225,8 +225,8 @@ def _run(args: argparse.Namespace) -> int:
             model = load_model_from_args(args)
             model_name = args.model_name or args.local
             version = getattr(model, "version", None) or args.model_version
-            logger.info("resolved model %s version %s (%s)", model_name, version or "(local, unversioned)",
-                        getattr(model, "source", "?"))
+            logger.info("resolved model %s version %s (%s; %s)", model_name, version or "(local, unversioned)",
+                        getattr(model, "source", "?"), getattr(model, "kind", type(model).__name__))
             metrics.set_model(model_name, None if version is None else str(version), getattr(model, "source", None))
             if config is None:
                 config = config_from_model(model, model_name)

@@ -6,11 +6,14 @@
 * ``LumeModelAdapter``  - any lume-model ``LUMEBaseModel`` (``TorchModel``, custom subclasses). Calls
   ``model.evaluate(dict)``, which validates inputs (types, ranges): that check is part of the model's
   contract, so it is kept, and the adapter adds only a cheap unknown-name check and int->float.
-  Note lume-model 2.0.1's ``TorchModel`` builds float32 tensors from python floats before casting
-  to its dtype, so inputs carry ~7 significant digits even for double-precision models.
+  A plain ``TorchModel`` takes ``lume_torch.FastTorchEvaluator``: the same result, checks and
+  warnings as ``TorchModel.evaluate``, about 10x cheaper. Note lume-model 2.0.1's ``TorchModel``
+  builds float32 tensors from python floats before casting to its dtype, so inputs carry ~7
+  significant digits even for double-precision models (both paths keep that).
 * ``TorchModuleAdapter`` - a lume-model ``TorchModule`` (tensor in, tensor out): builds the input
   row in ``input_order`` (missing inputs take the variable's default, as ``TorchModel`` does) and
-  maps the output tensor back by ``output_order``. The wrapped ``TorchModel`` still validates.
+  maps the output tensor back by ``output_order``. The wrapped ``TorchModel`` still validates (through
+  the fast path when ``evaluate_model`` is not overridden).
 * ``EvaluateAdapter`` - any object with ``evaluate(dict) -> dict`` (the seed's pyfunc ``get_model()``
   contract, local factories).
 * ``PyfuncPredictAdapter`` - a plain MLflow pyfunc model without ``get_model()``: see its docstring.
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from model_deploy.runtime.models.lume_torch import FastTorchEvaluator, fast_path_problem
 from model_deploy.runtime.models.base import (
     ModelAdapter,
     ModelLoadError,
@@ -84,11 +88,22 @@ class LumeModelAdapter(ModelAdapter):
         torch_model = sys.modules.get("lume_model.models.torch_model")
         is_torch = torch_model is not None and isinstance(model, torch_model.TorchModel)
         self._grad_context = sys.modules["torch"].no_grad if is_torch else contextlib.nullcontext
+        # TorchModel.evaluate's result without its per-call overhead, when that is exact (lume_torch.py).
+        self.fast_path_problem = fast_path_problem(model) if is_torch else "not a TorchModel"
+        self._fast = FastTorchEvaluator(model) if self.fast_path_problem is None else None
+
+    @property
+    def kind(self) -> str:
+        return "LumeModelAdapter (TorchModel fast path)" if self._fast is not None else "LumeModelAdapter"
 
     def evaluate(self, inputs: dict[str, Any]) -> dict[str, Any]:
         if not self._known.issuperset(inputs):
             raise ValueError(unknown_inputs_message(set(inputs) - self._known, self.input_names))
         values = {name: _as_float_if_number(value) for name, value in inputs.items()}
+        if self._fast is not None:
+            outputs = self._fast.evaluate(values)
+            if outputs is not None:  # None: a non-float input, which lume's own path handles
+                return normalise_outputs(outputs)
         with self._grad_context():
             outputs = self._evaluate(values)
         return normalise_outputs(outputs)
@@ -127,7 +142,16 @@ class TorchModuleAdapter(ModelAdapter):
         self._device = lume_model.device
         self._torch = torch
         self._uses_default_forward = type(module).forward is TorchModule.forward
+        # evaluate_model is `self._model.evaluate(x)` unless overridden: then the fast path is exact.
+        plain_evaluate = type(module).evaluate_model is TorchModule.evaluate_model
+        self.fast_path_problem = (fast_path_problem(lume_model) if plain_evaluate
+                                  else f"{type(module).__name__} overrides evaluate_model")
+        self._fast = FastTorchEvaluator(lume_model) if self.fast_path_problem is None else None
         module.eval()
+
+    @property
+    def kind(self) -> str:
+        return "TorchModuleAdapter (TorchModel fast path)" if self._fast is not None else "TorchModuleAdapter"
 
     def evaluate(self, inputs: dict[str, Any]) -> dict[str, Any]:
         if not self._known.issuperset(inputs):
@@ -135,7 +159,10 @@ class TorchModuleAdapter(ModelAdapter):
         if self._uses_default_forward:
             values = {name: _as_float_if_number(value) for name, value in inputs.items()}
             with self._torch.no_grad():
-                outputs = self.model.manipulate_output(self.model.evaluate_model(values))
+                model_outputs = self._fast.evaluate(values) if self._fast is not None else None
+                if model_outputs is None:
+                    model_outputs = self.model.evaluate_model(values)
+                outputs = self.model.manipulate_output(model_outputs)
             return {name: normalise_value(outputs[name]) for name in self.output_names}
         return self._evaluate_with_forward(inputs)
 
