@@ -203,6 +203,61 @@ def test_monitor_storm_ends_on_last_value_in_order(client, server):
     assert seen == sorted(seen)  # never out of order
 
 
+def test_update_arriving_before_the_subscription_handle_exists_is_not_lost(client, server, monkeypatch):
+    """p4p 4.3's Context.monitor could drop the first update when it arrived before the subscription
+    handle was stored; the server then never signalled that PV again. Widen that window on purpose:
+    the handle is returned only after p4p has already signalled the initial value."""
+    from model_deploy.runtime.interfaces import p4p_client
+
+    real_monitor = p4p_client.RawContext.monitor
+
+    def slow_to_return(context, name, handler, *args, **kwargs):
+        subscription = real_monitor(context, name, handler, *args, **kwargs)
+        time.sleep(0.5)  # the initial value is queued and its wake-up delivered meanwhile
+        return subscription
+
+    monkeypatch.setattr(p4p_client.RawContext, "monitor", slow_to_return)
+    recorder = Recorder()
+    client.monitor(["A"], recorder)
+    wait_for(lambda: recorder.last("A") == 1.5)
+    server.post("TEST:A", 4.25)
+    wait_for(lambda: recorder.last("A") == 4.25)
+
+
+def test_subscribing_during_an_update_storm_never_loses_a_pv(server):
+    stop = threading.Event()
+
+    def storm():
+        value = 0.0
+        while not stop.is_set():
+            value += 1.0
+            server.post("TEST:A", value)
+            server.post("TEST:B", -value)
+
+    poster = threading.Thread(target=storm, daemon=True)
+    poster.start()
+    interfaces, recorders = [], []
+    try:
+        for _ in range(20):
+            interface = P4PInterface({"variables": variables(A="scalar", B="scalar")}, context_conf=server.conf,
+                                     useenv=False, timeout=1.0)
+            recorder = Recorder()
+            interface.monitor(["A", "B"], recorder)
+            interfaces.append(interface)
+            recorders.append(recorder)
+    finally:
+        stop.set()
+        poster.join()
+    try:
+        server.post("TEST:A", 1e6)
+        server.post("TEST:B", -1e6)
+        for recorder in recorders:  # every subscription still follows its PV to the final value
+            wait_for(lambda recorder=recorder: recorder.last("A") == 1e6 and recorder.last("B") == -1e6)
+    finally:
+        for interface in interfaces:
+            interface.close()
+
+
 def test_failing_callback_does_not_stop_updates(client, server, caplog):
     seen = []
 
