@@ -5,7 +5,11 @@ Threading model
     per input in ``_pending`` under a lock and set an Event: they never block, log or evaluate.
   * ONE worker thread waits on the Event, swaps ``_pending`` out (latest value wins, so a burst of
     updates costs one evaluation), feeds the input transformer, evaluates the model, feeds the output
-    transformer and, only when publishing, writes the outputs.
+    transformer and, only when publishing, hands the outputs to the writer thread.
+  * The writer thread (``LatestOutputWriter``) writes one output set at a time. While a set waits
+    behind the write in flight, the worker holds back and updates keep coalescing: evaluations then
+    track what the control system can take, and the set written next is computed from the newest
+    inputs instead of being superseded.
 
 Decisions
   * Non-finite (NaN/inf) model inputs: the evaluation is skipped (garbage in is never fed to the
@@ -138,7 +142,9 @@ class LatestOutputWriter:
 
     While a write is in flight, a newer output set replaces the one waiting (latest wins), as input
     updates coalesce: the control system always ends with the newest outputs, and a slow IOC cannot build
-    a backlog in the runtime.
+    a backlog in the runtime. ``wait_for_slot`` lets the evaluating thread hold back while a set is
+    already waiting: evaluating faster than the outputs can be written only produces sets that are
+    thrown away, and takes the GIL from the threads completing the writes.
     """
 
     def __init__(
@@ -155,6 +161,8 @@ class LatestOutputWriter:
         self._lock = threading.Lock()
         self._waiting: dict[str, Any] | None = None
         self._wake = threading.Event()
+        self._slot_free = threading.Event()  # set while no output set is waiting to be written
+        self._slot_free.set()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="pipeline-writer", daemon=True)
         self._thread.start()
@@ -164,13 +172,19 @@ class LatestOutputWriter:
             if self._waiting is not None:
                 self._on_superseded()
             self._waiting = outputs
+            self._slot_free.clear()
             self._wake.set()
+
+    def wait_for_slot(self, timeout: float) -> bool:
+        """Wait until no output set is waiting (one may still be in flight); False on timeout."""
+        return self._slot_free.wait(timeout)
 
     def close(self, timeout: float) -> None:
         """Write what is waiting, then stop."""
         with self._lock:
             self._closing = True
             self._wake.set()
+            self._slot_free.set()  # nobody should wait for a writer that is going away
         self._thread.join(timeout)
 
     def alive(self) -> bool:
@@ -182,6 +196,7 @@ class LatestOutputWriter:
             with self._lock:
                 outputs, self._waiting = self._waiting, None
                 self._wake.clear()
+                self._slot_free.set()
                 closing = self._closing
             if outputs is not None:
                 try:
@@ -367,6 +382,7 @@ class Pipeline:
                     break
                 if not self._wake.is_set():
                     continue
+                self._wait_for_output_slot()
                 self._respect_rate_limit()
                 batch = self._take_pending()
                 if batch:
@@ -387,6 +403,13 @@ class Pipeline:
             for name, value in initial:
                 self._pending.setdefault(name, value)  # a monitor value may already be newer
             self._wake.set()
+
+    def _wait_for_output_slot(self) -> None:
+        # Back-pressure: while an output set is still waiting behind a write in flight, updates keep
+        # coalescing in _pending instead of being evaluated into a set that would be superseded.
+        while self._writer is not None and not self._stopping.is_set():
+            if self._writer.wait_for_slot(IDLE_WAKE_INTERVAL) or not self._writer.alive():
+                return
 
     def _respect_rate_limit(self) -> None:
         if self._min_interval:
