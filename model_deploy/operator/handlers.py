@@ -493,6 +493,8 @@ async def stop_operator(ctx: OperatorContext) -> None:
             log.warning("background task %s ended with %s", task.get_name(), exc)
     if ctx.metrics_server is not None:
         ctx.metrics_server.stop()
+    if ctx.mlflow_sync is not None:
+        ctx.mlflow_sync.close()
 
 
 # -------------------------------------------------------------------------------------- kopf wiring

@@ -7,19 +7,22 @@ writes each deployment's state back as `deployment_*` tags on the registered mod
 The first half of this module is pure decisions (tags -> desired CRs -> actions, CR status -> tags); the
 second half, MlflowSync, does the I/O. Nothing that matters lives only in memory: every poll derives its
 plan from the MLflow tags and the CRs, so a restarted operator (or a recovered MLflow) resumes where it
-left off.
+left off. The one in-memory helper, KnownTags, only saves requests: what the latest poll read, plus what
+the operator wrote since, so a status change costs one SET per changed tag and no GET.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -49,6 +52,7 @@ TAG_NAME = "deployment_name"
 TAG_NAMESPACE = "deployment_namespace"
 TAG_VERSION = "deployment_version"
 TAG_MESSAGE = "deployment_message"
+PROMPT_TAG = "mlflow.prompt.is_prompt"  # MLflow stores prompts as registered models carrying this tag
 
 VALID_DEPLOYMENT_TYPES = ("prod", "continuous")  # continuous: legacy name, deployed like prod
 TRUTHY = frozenset({"true", "yes", "1"})
@@ -56,6 +60,9 @@ CHAMPION_ALIAS = "champion"
 MLFLOW_TAG_VALUE_LIMIT = 5000  # MLflow refuses longer tag values
 MAX_NAME_LENGTH = 63  # a DNS-1123 label: the CR name is also a label value on every child object
 SEARCH_PAGE_SIZE = 100
+# Threads for MLflow calls, apart from asyncio's default pool that the reconcile path's Kubernetes calls use:
+# a slow or unreachable MLflow (each call may hang for the request timeout) can never starve reconciles.
+MLFLOW_THREADS = 4
 
 PHASE_PENDING = "pending"
 PHASE_FAILED = "failed"
@@ -102,6 +109,10 @@ class RegisteredModelInfo(BaseModel):
     @property
     def latest_version(self) -> str | None:
         return max(self.latest_versions, key=int) if self.latest_versions else None
+
+    @property
+    def is_prompt(self) -> bool:
+        return PROMPT_TAG in self.tags
 
     @classmethod
     def from_mlflow(cls, model: Any) -> "RegisteredModelInfo":
@@ -361,6 +372,67 @@ def wanted_tags(
     return tags_for(phase_from_status(cr.status), cr.status, now, **where)
 
 
+# ------------------------------------------------------------------------------------ pure: known tags
+class KnownTags:
+    """What the operator knows of each registered model's tags in MLflow, so that writing a status change
+    needs no GET first: the latest read of the model (a poll's search, or a GET), overlaid with the
+    operator's own tag writes that finished after that read was sent.
+
+    Every write bumps a counter; a read is recorded with the counter value from just before it was sent
+    (`mark()`). A write that finished before that mark is already in the read; a later one may not be, and
+    its value is the newer one either way. A write that failed (or timed out: it may still land) makes its
+    tag unknown, i.e. absent here, so the next writer sends it again.
+
+    Only an optimisation, never the truth: each poll reads every managed model afresh, so a tag changed
+    behind the operator's back is put right within one poll interval, as before."""
+
+    def __init__(self) -> None:
+        self._counter = 0
+        self._reads: dict[str, tuple[int, RegisteredModelInfo]] = {}
+        self._writes: dict[str, dict[str, tuple[int, str | None]]] = {}
+
+    def mark(self) -> int:
+        return self._counter
+
+    def read(self, model: RegisteredModelInfo, marked: int) -> None:
+        """`model` as read by a request sent after `mark()` returned `marked`."""
+        previous = self._reads.get(model.name)
+        if previous is not None and previous[0] > marked:
+            return  # a newer read is already known
+        self._reads[model.name] = (marked, model)
+        writes = self._writes.get(model.name)
+        if writes:
+            for key in [key for key, (counter, _) in writes.items() if counter <= marked]:
+                del writes[key]
+
+    def wrote(self, model_name: str, key: str, value: str | None) -> None:
+        """A finished tag write; value None when it failed (MLflow may or may not hold the new value)."""
+        self._counter += 1
+        self._writes.setdefault(model_name, {})[key] = (self._counter, value)
+
+    def model(self, name: str) -> RegisteredModelInfo | None:
+        """The model with the tags MLflow holds as far as the operator knows (None: never read)."""
+        found = self._reads.get(name)
+        if found is None:
+            return None
+        marked, model = found
+        tags = dict(model.tags)
+        for key, (counter, value) in (self._writes.get(name) or {}).items():
+            if counter > marked:
+                if value is None:
+                    tags.pop(key, None)
+                else:
+                    tags[key] = value
+        return model.model_copy(update={"tags": tags})
+
+    def retain(self, names: Iterable[str]) -> None:
+        """Forget every model not in `names` (gone from MLflow, or no longer the operator's business)."""
+        keep = set(names)
+        for table in (self._reads, self._writes):
+            for name in [name for name in table if name not in keep]:
+                del table[name]
+
+
 # --------------------------------------------------------------------------------------------- errors
 class MlflowUnavailable(RuntimeError):
     """MLflow could not be reached or answered with a server error."""
@@ -467,6 +539,12 @@ class MlflowSync:
         # The poller and the status path both write a model's tags; each reads the CR and writes under
         # the model's lock, so a slower writer holding an older view never overwrites a newer status.
         self._tag_locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        # The tags as last read plus our own writes since: diffs without a GET before every write.
+        self.known = KnownTags()
+        # Status-path pushes back off on their own while MLflow fails (the poller catches up afterwards).
+        self._push_failures = 0
+        self._push_paused_until = 0.0
+        self._mlflow_threads = ThreadPoolExecutor(MLFLOW_THREADS, thread_name_prefix="mdo-mlflow")
 
     @property
     def client(self) -> Any:
@@ -476,8 +554,10 @@ class MlflowSync:
 
     # -- thread offloading --------------------------------------------------------------------------
     async def _mlflow(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), self.call_timeout)
+            call = loop.run_in_executor(self._mlflow_threads, functools.partial(fn, *args, **kwargs))
+            return await asyncio.wait_for(call, self.call_timeout)
         except Exception as exc:  # noqa: BLE001 - classified
             raise classify_mlflow_error(exc, what) from None
 
@@ -501,15 +581,39 @@ class MlflowSync:
             if not page_token:
                 return models
 
+    def _set_tag_blocking(self, model_name: str, key: str, value: str) -> None:
+        # MlflowClient.set_registered_model_tag first GETs the model to refuse prompts (_raise_if_prompt):
+        # a hidden second request per tag. The registry client it delegates to sends just the SET. Tags
+        # only go to models read by this operator: the searches leave prompts out, push_tags_for_cr
+        # checks the model it fetched.
+        registry = getattr(self.client, "_get_registry_client", None)
+        if registry is None:  # another MLflow version or a stand-in client: the public call
+            self.client.set_registered_model_tag(model_name, key, value)
+        else:
+            registry().set_registered_model_tag(model_name, key, value)
+
+    async def _set_tag(self, model_name: str, key: str, value: str) -> None:
+        try:
+            await self._mlflow(f"set tag {key} on {model_name!r}", self._set_tag_blocking, model_name, key, value)
+        except BaseException:
+            self.known.wrote(model_name, key, None)  # it may still land: unknown, sent again next time
+            raise
+        self.known.wrote(model_name, key, value)
+        self.metrics.tag_writes.inc()
+
     async def write_tags(self, model_name: str, changes: dict[str, str]) -> int:
-        # One call per tag (MLflow has no batch endpoint for registered-model tags); the status last,
-        # so a reader never sees a new status with a stale message/version.
-        ordered = sorted(changes.items(), key=lambda item: item[0] == TAG_STATUS)
-        for key, value in ordered:
-            await self._mlflow(
-                f"set tag {key} on {model_name!r}", self.client.set_registered_model_tag, model_name, key, value
-            )
-            self.metrics.tag_writes.inc()
+        """One request per tag (MLflow has no batch endpoint for registered-model tags). The status goes
+        last, only once every other tag is written, so a reader never sees a new status with a stale
+        message/version; those others are independent and go at once. Callers hold the model's lock, so
+        no other writer of this model's tags runs meanwhile."""
+        others = [(key, value) for key, value in changes.items() if key != TAG_STATUS]
+        results = await asyncio.gather(*(self._set_tag(model_name, key, value) for key, value in others),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if TAG_STATUS in changes:
+            await self._set_tag(model_name, TAG_STATUS, changes[TAG_STATUS])
         return len(changes)
 
     # -- one poll ----------------------------------------------------------------------------------
@@ -535,11 +639,15 @@ class MlflowSync:
         namespace = self.settings.namespace
         # LIKE '%' matches any value, so typos (prdo) and case/whitespace variants come back too; the
         # second query finds models that lost the tag but still show a live deployment_status.
+        marked = self.known.mark()
         opted_in = await self.search_models(f"tags.{TAG_TYPE} LIKE '%'")
         reported = await self.search_models(f"tags.{TAG_STATUS} != '{PHASE_TERMINATED}'")
         self.metrics.mlflow_up.set(1)
         models = {model.name: model for model in reported}
         models.update({model.name: model for model in opted_in})
+        for model in models.values():
+            self.known.read(model, marked)
+        self.known.retain(models)
         desired = desired_state(opted_in)
 
         existing = {
@@ -573,11 +681,13 @@ class MlflowSync:
                     # The listing is as old as this poll; the status path may have reported since.
                     fresh = await self._kube(self.kube.get_cr, namespace, cr_name)
                     cr = ExistingCR.from_object(fresh) if fresh is not None else None
+                # The search is as old as this poll too: compare with the tags including writes since.
+                current = self.known.model(model.name) or model
                 wanted = wanted_tags(
-                    model=model, want=want, action=actions_by_cr.get(cr_name), cr=cr, namespace=namespace,
+                    model=current, want=want, action=actions_by_cr.get(cr_name), cr=cr, namespace=namespace,
                     now=self.clock(),
                 )
-                changes = tag_changes(model.tags, wanted)
+                changes = tag_changes(current.tags, wanted)
                 if changes:
                     writes += await self.write_tags(model.name, changes)
         return actions, writes
@@ -606,6 +716,12 @@ class MlflowSync:
         self._outage = None
         self.consecutive_failures = 0
         self.last_success = time.monotonic()
+        self._push_failures = 0
+        self._push_paused_until = 0.0
+
+    def close(self) -> None:
+        """Let the MLflow threads go (a call still hanging finishes in the background)."""
+        self._mlflow_threads.shutdown(wait=False, cancel_futures=True)
 
     async def run_forever(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -619,17 +735,41 @@ class MlflowSync:
                 pass
 
     # -- status path -------------------------------------------------------------------------------
+    def pushes_paused(self) -> bool:
+        """True while MLflow is failing: the poller's last poll could not reach it, or a recent push could
+        not (backed off like the poller). The next successful poll writes whatever was missed."""
+        return self._outage == "mlflow" or time.monotonic() < self._push_paused_until
+
+    def _push_failed(self) -> None:
+        self._push_failures += 1
+        self._push_paused_until = time.monotonic() + min(
+            self.settings.mlflow_backoff_initial_seconds * 2 ** (self._push_failures - 1),
+            self.settings.mlflow_backoff_max_seconds,
+        )
+
     async def push_tags_for_cr(self, cr: dict[str, Any]) -> int:
         """Write the tags for one MLflow-managed CR right after its status changed (best effort: any
-        failure is left to the next poll). Returns the number of tags written."""
+        failure is left to the next poll). Returns the number of tags written.
+
+        Costs one SET per changed tag: the model's intent and current tags come from KnownTags (a GET
+        only for a model no poll has read yet), the CR is re-read under the model's lock."""
         existing = ExistingCR.from_object(cr)
         if not existing.managed or not existing.model_name or not existing.status:
             return 0
+        if self.pushes_paused():
+            log.debug("tag push for %s deferred to the poller: MLflow is failing", existing.name)
+            return 0
         try:
-            model = RegisteredModelInfo.from_mlflow(
-                await self._mlflow(f"get model {existing.model_name!r}", self.client.get_registered_model,
-                                   existing.model_name)
-            )
+            model = self.known.model(existing.model_name)
+            if model is None:
+                marked = self.known.mark()
+                model = RegisteredModelInfo.from_mlflow(
+                    await self._mlflow(f"get model {existing.model_name!r}", self.client.get_registered_model,
+                                       existing.model_name)
+                )
+                if model.is_prompt:
+                    return 0
+                self.known.read(model, marked)
             want = desired_for_model(model)
             if want is None or want.intent != "deploy" or want.cr_name != existing.name:
                 return 0  # the poller owns every other case (terminate, typo, tag removed)
@@ -638,10 +778,20 @@ class MlflowSync:
                 fresh = await self._kube(self.kube.get_cr, namespace, existing.name)
                 if fresh is None:
                     return 0  # deleted meanwhile: the poller reports that
-                wanted = wanted_tags(model=model, want=want, action=None, cr=ExistingCR.from_object(fresh),
+                current = self.known.model(model.name) or model  # with writes made while we waited
+                wanted = wanted_tags(model=current, want=want, action=None, cr=ExistingCR.from_object(fresh),
                                      namespace=namespace, now=self.clock())
-                changes = tag_changes(model.tags, wanted)
-                return await self.write_tags(model.name, changes) if changes else 0
-        except (MlflowUnavailable, ModelNotFound, KubeError, asyncio.TimeoutError) as exc:
+                changes = tag_changes(current.tags, wanted)
+                written = await self.write_tags(model.name, changes) if changes else 0
+            self._push_failures = 0
+            return written
+        except MlflowUnavailable as exc:
+            self._push_failed()
             log.debug("tag push for %s deferred to the poller: %s", existing.name, exc)
+            return 0
+        except (ModelNotFound, KubeError, asyncio.TimeoutError, TimeoutError) as exc:
+            log.debug("tag push for %s deferred to the poller: %s", existing.name, exc)
+            return 0
+        except Exception:  # noqa: BLE001 - a background task: never let it die unlogged
+            log.exception("tag push for %s failed unexpectedly; the poller will catch up", existing.name)
             return 0

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from model_deploy.operator.crd import ANNOTATION_REGISTERED_MODEL, LABEL_MANAGED_BY, parse_spec
@@ -150,6 +152,47 @@ def ready_status(kube: Kube, namespace: str, name: str, version: str) -> dict[st
     return {k: v for k, v in status.items() if v is not None}
 
 
+class MlflowRequests:
+    """Every HTTP request this process sends to one MLflow server, including the ones the MLflow client
+    makes on its own (MlflowClient.set_registered_model_tag GETs the model first). Counting requests, not
+    time, keeps the latency budget of a status change deterministic."""
+
+    def __init__(self, uri: str, monkeypatch: pytest.MonkeyPatch):
+        self.uri = uri
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []  # (method, endpoint, params or body)
+        original = requests.Session.request
+        recorder = self
+
+        def request(session, method, url, *args, **kwargs):
+            if str(url).startswith(recorder.uri):
+                endpoint = urllib.parse.urlparse(url).path.split("/mlflow/", 1)[-1]
+                body = kwargs.get("json") or kwargs.get("params") or {}
+                recorder.calls.append((method.upper(), endpoint, dict(body)))
+            return original(session, method, url, *args, **kwargs)
+
+        monkeypatch.setattr(requests.Session, "request", request)
+
+    def take(self) -> list[tuple[str, str, dict[str, Any]]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+    @staticmethod
+    def tag_sets(calls, model_name: str) -> list[str]:
+        """Keys of the set-tag requests for one model, in the order they were sent."""
+        return [body["key"] for method, endpoint, body in calls
+                if endpoint == "registered-models/set-tag" and body.get("name") == model_name]
+
+    @staticmethod
+    def model_gets(calls, model_name: str) -> int:
+        return sum(1 for method, endpoint, body in calls
+                   if endpoint == "registered-models/get" and body.get("name") == model_name)
+
+
+@pytest.fixture
+def mlflow_requests(mlflow_server, monkeypatch) -> MlflowRequests:
+    return MlflowRequests(mlflow_server.uri, monkeypatch)
+
+
 # ------------------------------------------------------------------------------------------ lifecycle
 def test_poll_creates_updates_and_deletes_mlflow_managed_crs(mlflow_server, registry, kube, namespace):
     prod = registry.model("prod model", {"deployment_type": "prod"})
@@ -231,12 +274,131 @@ def test_status_path_pushes_tags_at_once(mlflow_server, registry, kube, namespac
     poll(sync)
     cr_name = deployment_name_for_model(name)
     kube.patch_cr_status(namespace, cr_name, ready_status(kube, namespace, cr_name, "1"), "test")
-    assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 3
+    running_cr = kube.get_cr(namespace, cr_name)
+    assert asyncio.run(sync.push_tags_for_cr(running_cr)) == 3
     assert registry.tags(name)[TAG_STATUS] == "running"
-    assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 0  # nothing changed
+    assert asyncio.run(sync.push_tags_for_cr(running_cr)) == 0  # nothing changed
 
     registry.client.set_registered_model_tag(name, "deployment_terminate", "true")
-    assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 0  # the poller's job now
+    poll(sync)  # deletes the CR, reports terminated
+    assert registry.tags(name)[TAG_STATUS] == "terminated"
+    # A push still in flight for the deleted CR never brings a status back.
+    assert asyncio.run(sync.push_tags_for_cr(running_cr)) == 0
+    assert registry.tags(name)[TAG_STATUS] == "terminated"
+
+
+def test_status_path_of_a_model_not_polled_yet_reads_it_and_leaves_other_intents_to_the_poller(
+    mlflow_server, registry, kube, namespace, mlflow_requests
+):
+    name = registry.model("cold", {"deployment_type": "prod"})
+    poll(make_sync(mlflow_server.uri, kube, namespace))
+    cr_name = deployment_name_for_model(name)
+    kube.patch_cr_status(namespace, cr_name, ready_status(kube, namespace, cr_name, "1"), "test")
+    registry.client.set_registered_model_tag(name, "deployment_terminate", "true")
+    mlflow_requests.take()
+
+    fresh = make_sync(mlflow_server.uri, kube, namespace)  # a restarted operator: nothing known yet
+    assert asyncio.run(fresh.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 0  # the poller's job now
+    calls = mlflow_requests.take()
+    assert MlflowRequests.model_gets(calls, name) == 1 and MlflowRequests.tag_sets(calls, name) == []
+
+    registry.client.delete_registered_model_tag(name, "deployment_terminate")
+    restarted = make_sync(mlflow_server.uri, kube, namespace)
+    assert asyncio.run(restarted.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 3
+    assert registry.tags(name)[TAG_STATUS] == "running"
+
+
+# ------------------------------------------------------------------------------- request budget
+# A status change must reach MLflow in one request per changed tag: no GET before the writes (the tags
+# the poll read, plus the operator's own writes since, are known), no hidden GET per SET (the MLflow
+# client's prompt check), no rewrite of tags another writer has just written. Each extra request is
+# a serial round trip on the way from Ready to the `running` tag.
+def test_a_status_change_costs_one_set_per_changed_tag_and_nothing_else(
+    mlflow_server, registry, kube, namespace, mlflow_requests
+):
+    name = registry.model("budget", {"deployment_type": "prod"})
+    cr_name = deployment_name_for_model(name)
+    sync = make_sync(mlflow_server.uri, kube, namespace)
+    mlflow_requests.take()
+
+    poll(sync)  # creates the CR and reports it pending
+    calls = mlflow_requests.take()
+    assert [endpoint for _, endpoint, _ in calls].count("registered-models/search") == 2
+    assert MlflowRequests.model_gets(calls, name) == 0
+    assert sorted(MlflowRequests.tag_sets(calls, name)) == sorted(
+        [TAG_STATUS, TAG_TIMESTAMP, TAG_NAME, TAG_NAMESPACE, TAG_VERSION, TAG_MESSAGE])
+    assert MlflowRequests.tag_sets(calls, name)[-1] == TAG_STATUS  # the status last
+
+    kube.patch_cr_status(namespace, cr_name, ready_status(kube, namespace, cr_name, "1"), "test")
+    assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 3
+    calls = mlflow_requests.take()
+    assert len(calls) == 3, calls  # nothing but the three SETs
+    assert sorted(MlflowRequests.tag_sets(calls, name)) == sorted([TAG_STATUS, TAG_MESSAGE, TAG_TIMESTAMP])
+    assert MlflowRequests.tag_sets(calls, name)[-1] == TAG_STATUS
+    assert registry.tags(name)[TAG_STATUS] == "running"
+    mlflow_requests.take()
+
+    # Nothing changed: a push costs no MLflow request at all, a poll only its two searches.
+    assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 0
+    assert mlflow_requests.take() == []
+    poll(sync)
+    calls = mlflow_requests.take()
+    assert MlflowRequests.tag_sets(calls, name) == [] and MlflowRequests.model_gets(calls, name) == 0
+
+
+def test_a_poll_that_read_the_tags_before_a_push_does_not_write_them_again(
+    mlflow_server, registry, kube, namespace, mlflow_requests
+):
+    """The poll's search and its tag step are apart in time; a push landing in between must not make the
+    poll rewrite the status, message and timestamp (a wasted round trip holding the model's lock, and a
+    timestamp that moves without a status change)."""
+    name = registry.model("interleaved", {"deployment_type": "prod"})
+    cr_name = deployment_name_for_model(name)
+    clock = ManualClock()
+    sync = make_sync(mlflow_server.uri, kube, namespace, clock)
+    poll(sync)
+    kube.patch_cr_status(namespace, cr_name, ready_status(kube, namespace, cr_name, "1"), "test")
+    running_cr = kube.get_cr(namespace, cr_name)
+    clock.advance(60)
+    mlflow_requests.take()
+
+    async def waiters(lock: asyncio.Lock, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(getattr(lock, "_waiters", None) or ()) < count:
+            assert time.monotonic() < deadline, "the push/poll never reached the model's lock"
+            await asyncio.sleep(0.01)
+
+    async def interleave():
+        lock = sync._tag_locks[name]
+        await lock.acquire()
+        push = asyncio.create_task(sync.push_tags_for_cr(running_cr))
+        await waiters(lock, 1)
+        polled = asyncio.create_task(sync.poll_once())  # searches now: still `pending` in MLflow
+        await waiters(lock, 2)
+        clock.advance(60)  # a rewrite by the poll would carry another timestamp
+        lock.release()
+        return await push, await polled
+
+    pushed, outcome = asyncio.run(interleave())
+    assert pushed == 3 and outcome.ok
+    assert sorted(MlflowRequests.tag_sets(mlflow_requests.take(), name)) == sorted(
+        [TAG_STATUS, TAG_MESSAGE, TAG_TIMESTAMP])  # the push's, and none from the poll
+    tags = registry.tags(name)
+    assert tags[TAG_STATUS] == "running" and tags[TAG_TIMESTAMP] == "2025-01-01T12:02:00Z"
+
+
+def test_known_tags_never_hide_a_tag_changed_behind_the_operators_back(mlflow_server, registry, kube, namespace):
+    name = registry.model("edited", {"deployment_type": "prod"})
+    cr_name = deployment_name_for_model(name)
+    sync = make_sync(mlflow_server.uri, kube, namespace)
+    poll(sync)
+    kube.patch_cr_status(namespace, cr_name, ready_status(kube, namespace, cr_name, "1"), "test")
+    assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 3
+    registry.client.set_registered_model_tag(name, TAG_STATUS, "pending")  # someone edits it by hand
+    registry.client.delete_registered_model_tag(name, TAG_MESSAGE)
+    poll(sync)  # every poll reads the tags afresh
+    tags = registry.tags(name)
+    assert tags[TAG_STATUS] == "running" and tags[TAG_MESSAGE] == "1/1 replicas ready (model version 1)"
 
 
 def test_a_cr_not_managed_by_mlflow_is_never_taken_over(mlflow_server, registry, kube, namespace):
@@ -261,7 +423,7 @@ def test_search_follows_pagination(mlflow_server, registry, kube, namespace, mon
 
 
 # --------------------------------------------------------------------------------------------- faults
-def test_mlflow_outage_is_logged_once_backs_off_and_recovers(tmp_path, kube, namespace, caplog):
+def test_mlflow_outage_is_logged_once_backs_off_and_recovers(tmp_path, kube, namespace, caplog, monkeypatch):
     server = MlflowServer(tmp_path / "mlflow").start()
     try:
         registry = Registry(server.uri)
@@ -286,6 +448,10 @@ def test_mlflow_outage_is_logged_once_backs_off_and_recovers(tmp_path, kube, nam
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.endswith("mlflow_sync")]
         assert len(warnings) == 1 and "retrying with backoff" in warnings[0].getMessage()
         assert kube.get_cr(namespace, cr_name) is not None  # an outage never deletes deployments
+        # The status path does not hammer a server the poller knows to be down: it leaves it to the poller.
+        requests_seen = MlflowRequests(server.uri, monkeypatch)
+        assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 0
+        assert requests_seen.take() == [] and sync.pushes_paused()
 
         server.start()
         outcome = poll_until_ok(sync)  # a freshly started server may still be warming up
@@ -293,6 +459,34 @@ def test_mlflow_outage_is_logged_once_backs_off_and_recovers(tmp_path, kube, nam
         assert sync.metrics.value("mdo_mlflow_up") == 1
         assert registry.tags(name)[TAG_STATUS] == "running"
         assert sum("recovered" in r.getMessage() for r in caplog.records) == 1
+        assert not sync.pushes_paused()
+        registry.cleanup()
+    finally:
+        server.stop()
+
+
+def test_a_failed_push_backs_off_and_the_poller_writes_what_it_missed(tmp_path, kube, namespace, monkeypatch):
+    server = MlflowServer(tmp_path / "mlflow").start()
+    try:
+        registry = Registry(server.uri)
+        name = registry.model("push outage", {"deployment_type": "prod"})
+        cr_name = deployment_name_for_model(name)
+        sync = make_sync(server.uri, kube, namespace)
+        poll(sync)
+        server.kill()  # the poller has not noticed yet: the push finds out itself
+        kube.patch_cr_status(namespace, cr_name, ready_status(kube, namespace, cr_name, "1"), "test")
+        requests_seen = MlflowRequests(server.uri, monkeypatch)
+        assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 0  # no exception
+        attempted = MlflowRequests.tag_sets(requests_seen.take(), name)
+        assert attempted and TAG_STATUS not in attempted  # no status after a failed message/timestamp
+        assert sync.pushes_paused()
+        assert asyncio.run(sync.push_tags_for_cr(kube.get_cr(namespace, cr_name))) == 0
+        assert requests_seen.take() == []  # backing off: not even tried
+
+        server.start()
+        poll_until_ok(sync)
+        tags = registry.tags(name)
+        assert tags[TAG_STATUS] == "running" and tags[TAG_MESSAGE] == "1/1 replicas ready (model version 1)"
         registry.cleanup()
     finally:
         server.stop()

@@ -26,6 +26,7 @@ from model_deploy.operator.mlflow_sync import (
     Action,
     DesiredDeployment,
     ExistingCR,
+    KnownTags,
     MlflowUnavailable,
     ModelNotFound,
     RegisteredModelInfo,
@@ -290,3 +291,51 @@ def test_error_classification():
     down = classify_mlflow_error(MlflowException("API request failed: Connection refused"), "x")
     assert isinstance(down, MlflowUnavailable) and str(down) == "x: MLflow unavailable (connection refused)"
     assert isinstance(classify_mlflow_error(TimeoutError(), "x"), MlflowUnavailable)
+
+
+# ------------------------------------------------------------------------------------------ known tags
+def test_known_tags_overlay_writes_made_after_the_read_was_sent():
+    known = KnownTags()
+    assert known.model("m") is None  # never read: the status path has to GET it
+    marked = known.mark()
+    known.wrote("m", TAG_STATUS, "deploying")  # finished while the search was on its way
+    known.read(RegisteredModelInfo(name="m", tags={"deployment_type": "prod", TAG_STATUS: "pending"}), marked)
+    assert known.model("m").tags == {"deployment_type": "prod", TAG_STATUS: "deploying"}
+    known.wrote("m", TAG_MESSAGE, "1/1 replicas ready")
+    known.wrote("m", TAG_STATUS, "running")
+    assert known.model("m").tags == {
+        "deployment_type": "prod", TAG_STATUS: "running", TAG_MESSAGE: "1/1 replicas ready"}
+
+
+def test_known_tags_a_read_sent_after_a_write_is_the_truth():
+    known = KnownTags()
+    known.wrote("m", TAG_STATUS, "running")
+    marked = known.mark()
+    # Someone else changed the tag after our write: the newer read wins over what we wrote.
+    known.read(RegisteredModelInfo(name="m", tags={TAG_STATUS: "edited by hand"}), marked)
+    assert known.model("m").tags == {TAG_STATUS: "edited by hand"}
+    # An older read arriving late does not replace a newer one.
+    known.read(RegisteredModelInfo(name="m", tags={TAG_STATUS: "older"}), marked - 1)
+    assert known.model("m").tags == {TAG_STATUS: "edited by hand"}
+
+
+def test_known_tags_a_failed_write_leaves_the_tag_unknown_so_it_is_sent_again():
+    known = KnownTags()
+    known.read(RegisteredModelInfo(name="m", tags={TAG_STATUS: "deploying", TAG_MESSAGE: "0/1"}), known.mark())
+    known.wrote("m", TAG_MESSAGE, None)  # timed out: it may or may not have landed
+    assert known.model("m").tags == {TAG_STATUS: "deploying"}
+    assert tag_changes(known.model("m").tags, {TAG_STATUS: "deploying", TAG_MESSAGE: "0/1"}) == {TAG_MESSAGE: "0/1"}
+
+
+def test_known_tags_retain_forgets_models_no_longer_polled():
+    known = KnownTags()
+    for name in ("a", "b"):
+        known.read(RegisteredModelInfo(name=name), known.mark())
+        known.wrote(name, TAG_STATUS, "running")
+    known.retain(["a"])
+    assert known.model("a") is not None and known.model("b") is None
+
+
+def test_prompts_are_recognised_by_their_tag():
+    assert RegisteredModelInfo(name="p", tags={"mlflow.prompt.is_prompt": "true"}).is_prompt
+    assert not RegisteredModelInfo(name="m", tags={"deployment_type": "prod"}).is_prompt
