@@ -14,9 +14,10 @@ What runs (all on loopback, one after the other, in this one command):
     - ours:        .venv/bin/model-manager -l RUNDIR -c CONFIG -p --metrics-port 0
     - poly-lithic: .venv-bench-polylithic/bin/python bench/polylithic_baseline.py run --config CONFIG
                    (= ``pl run --config CONFIG --publish`` after a version check)
-    - raw-echo:    a minimal p4p client (this file, ``_echo``): monitor one input PV, put its value into
-                   the 6 output PVs. It is the "raw p4p round trip" baseline: both network hops of the
-                   pipeline, no transform, no model.
+    - raw-echo:    a minimal p4p client (this file, ``_echo``): monitor the 16 input PVs, put each update's
+                   value into the 6 output PVs (in order, nothing coalesced). It is the "raw p4p" baseline:
+                   both network hops of the pipeline, no transform, no model; its round trip is the latency
+                   floor and its sustained rate the ceiling any p4p client reaches writing 6 PVs per update.
 
 Measurements (methodology in bench/README.md):
 
@@ -25,11 +26,16 @@ Measurements (methodology in bench/README.md):
   on this server, the values a reference pipeline computed in-process for that input state (sympy
   formulas from the same config + the same model files). Exact values, so no sample can be confused
   with another one; a wrong value from a runtime shows up as a timeout.
-* added latency = p50(e2e) - p50(raw-echo e2e) - p50(model.evaluate in the runtime's venv).
-  Also reported, the issue's formula: p50(e2e) - 2 x p50(single hop: post -> client monitor) - p50(evaluate).
-* sustained rate: post input updates round-robin over the 16 PVs at increasing rates; a step passes when
-  the output writes (puts of SIGMA_X counted at the server, so no client-side monitor coalescing hides
-  or adds any) are >= 90% of the posts. Sustained rate = highest passing input rate.
+* added latency = p50(e2e) - p50(raw-echo e2e) - p50(model evaluation as the runtime does it: ours through
+  its model adapter, poly-lithic through TorchModel.evaluate). Also reported, the issue's formula:
+  p50(e2e) - 2 x p50(single hop: post -> client monitor) - p50(evaluate).
+* sustained rate (every update): post input updates round-robin over the 16 PVs at increasing rates; a
+  step passes when the output writes (puts of SIGMA_X counted at the server, so no client-side monitor
+  coalescing hides or adds any) are >= 90% of the posts. Sustained rate = highest rate up to which
+  every step passed. Measured for raw-echo too: that is the ceiling for this config on this machine.
+* current-state rate: the highest rate up to which, after every step, a marker sample came back within
+  twice the runtime's own idle p99 latency + 5 ms, i.e. its outputs kept reflecting the newest inputs
+  (coalescing allowed, no backlog). This is what a control system needs from a runtime under bursts.
 * throughput: the highest output writes/s seen during the ramp (peak), and output writes/s while inputs
   are posted at 10 kHz ("flood": far above what either runtime evaluates; an unpaced flood would
   only grow poly-lithic's unbounded queue).
@@ -80,6 +86,7 @@ MAX_CONSECUTIVE_TIMEOUTS = 5  # a runtime that stopped reacting is reported, not
 PASS_FRACTION = 0.9  # a rate step passes when outputs >= 90% of inputs
 VALUE_REL_TOL = 1e-9  # runtimes vs reference: same float64 math, differences are a few ulp
 MODEL_SEED = 0
+BENCH_SWITCH_INTERVAL = 0.0002  # seconds; see main()
 HIDDEN = 32
 
 
@@ -112,7 +119,7 @@ class Settings:
     @classmethod
     def quick(cls, rounds: int | None = None) -> "Settings":
         return cls(rounds=rounds or 2, latency_samples=40, hop_samples=100,
-                   rates=(20, 50, 100, 200, 500, 1000, 2000, 5000),
+                   rates=(20, 50, 100, 200, 300, 500, 1000, 2000, 5000),
                    step_seconds=1.0, flood_seconds=1.5, flood_rate=10000, evaluate_repeat=200)
 
     def ramp_rounds(self) -> int:
@@ -308,7 +315,12 @@ class OutputRecorder:
 
 
 class _RecordingPutHandler:
-    """SharedPV handler: accept the client's write, publish it, tell the recorder when it arrived."""
+    """Output PV put handler: accept the client's write, tell the recorder when it arrived.
+
+    It runs on the p4p server's network thread (``p4p.server.raw.SharedPV``: no hand-over to a worker
+    thread), like an IOC answering in C: the PV host must not be what limits a runtime's output rate.
+    The PV's own value is not updated: the runtimes only write it (poly-lithic reads it once before
+    each write, and gets the initial value)."""
 
     def __init__(self, name: str, recorder: OutputRecorder):
         self.name = name
@@ -316,30 +328,44 @@ class _RecordingPutHandler:
 
     def put(self, pv: Any, op: Any) -> None:
         arrived = time.perf_counter()
-        value = op.value()
-        pv.post(value, timestamp=time.time())
+        value = float(op.value())
         op.done()
-        self.recorder.on_write(self.name, float(value), arrived)
+        self.recorder.on_write(self.name, value, arrived)
 
 
 class BenchPVServer:
-    """An isolated p4p server (127.0.0.1, random ports) hosting all input and output PVs."""
+    """An isolated p4p server (127.0.0.1, random ports) hosting all input and output PVs.
+
+    Posts are cheap (one reused Value handed to p4p's C++ post, which copies it; no NTScalar.wrap per
+    post) so that posting thousands of updates a second takes little of the CPU the runtimes share.
+    ``post`` reuses that Value: call it from one thread (the bench posts from its main thread)."""
 
     def __init__(self, inputs: Mapping[str, float], outputs: Sequence[str], recorder: OutputRecorder):
+        from p4p import _p4p
         from p4p.nt import NTScalar
         from p4p.server import Server
+        from p4p.server.raw import SharedPV as DirectSharedPV
         from p4p.server.thread import SharedPV
 
         self.values = dict(inputs)  # what the input PVs currently hold (the reference pipeline's state)
-        self._inputs = {name: SharedPV(nt=NTScalar("d"), initial=value) for name, value in inputs.items()}
-        self._outputs = {name: SharedPV(nt=NTScalar("d"), initial=0.0, handler=_RecordingPutHandler(name, recorder))
+        input_type = NTScalar("d")  # pvxs accepts a posted Value only of the PV's own type: share it
+        self._inputs = {name: SharedPV(nt=input_type, initial=value) for name, value in inputs.items()}
+        self._outputs = {name: DirectSharedPV(nt=NTScalar("d"), initial=0.0,
+                                              handler=_RecordingPutHandler(name, recorder))
                          for name in outputs}
         self._server = Server(providers=[{**self._inputs, **self._outputs}], isolate=True)
         self.conf: dict[str, str] = dict(self._server.conf())
+        self._post_value = input_type.wrap(0.0)  # fields stay marked changed: every post sends value + stamp
+        self._post = _p4p.SharedPV.post
 
     def post(self, name: str, value: float) -> None:
         self.values[name] = value
-        self._inputs[name].post(value, timestamp=time.time())
+        seconds, fraction = divmod(time.time(), 1.0)
+        update = self._post_value
+        update["value"] = value
+        update["timeStamp.secondsPastEpoch"] = int(seconds)
+        update["timeStamp.nanoseconds"] = int(fraction * 1e9)
+        self._post(self._inputs[name], update)
 
     def client_env(self) -> dict[str, str]:
         """os.environ for a subprocess whose p4p clients reach this server over TCP only."""
@@ -477,6 +503,7 @@ class Subject:
     argv: list[str]
     expected: Callable[[Mapping[str, float]], dict[str, float]]
     measure_rates: bool = True
+    measure_floods: bool = True  # a flood only grows the backlog of a runtime that queues every update
     env_extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -565,6 +592,8 @@ class RateStep:
     passed: bool
     drained: bool
     cpu_seconds: float  # the runtime's CPU time from the first post to the end of the grace period
+    marker_ms: float | None = None  # latency of the marker sample posted right after the step
+    fresh: bool = False  # marker_ms within the subject's freshness limit: no backlog, outputs are current
 
     @property
     def cpu_ms_per_output(self) -> float | None:
@@ -589,6 +618,8 @@ class SubjectResult:
     latency_cpu_ms: list[float] = field(default_factory=list)  # per round: runtime CPU ms per sample
     ramps: list[list[RateStep]] = field(default_factory=list)
     sustained_rates: list[float] = field(default_factory=list)
+    current_state_rates: list[float] = field(default_factory=list)
+    fresh_limit_ms: float | None = None
     floods: list[dict[str, float]] = field(default_factory=list)
     error: str | None = None
     log: str | None = None
@@ -644,20 +675,43 @@ def measure_latency(result: SubjectResult, driver: InputDriver, runtime: Runtime
                         round_index + 1, quantile(samples, 0.5), quantile(samples, 0.9), len(samples))
 
 
-def drain(driver: InputDriver, subject: Subject, timeout: float) -> bool:
-    """Wait until the runtime has caught up: a marker sample answered means every earlier input was
-    handled (poly-lithic works through its queue in order; ours always evaluates the latest values).
-    A quiet period is not enough: under load poly-lithic pauses for seconds and then continues."""
-    return driver.latency_sample(subject.expected, timeout) is not None
+def drain(driver: InputDriver, subject: Subject, timeout: float) -> float | None:
+    """Wait until the runtime has caught up; returns the marker sample's latency in ms (None: no answer).
+
+    A marker answered means every earlier input was handled (poly-lithic and raw-echo work through
+    their queues in order; ours always evaluates the latest values). A quiet period is not enough:
+    under load poly-lithic pauses for seconds and then continues. How long the marker takes is the
+    freshness of the outputs right after the step: a backlog shows up as a marker latency far above
+    the runtime's idle latency."""
+    latency = driver.latency_sample(subject.expected, timeout)
+    return None if latency is None else latency * 1000
 
 
-def measure_ramp(driver: InputDriver, runtime: RuntimeProcess, settings: Settings) -> tuple[list[RateStep], float]:
-    """One ramp over the rates; stops at a rate that fails twice. Returns (steps, sustained rate)."""
+def fresh_limit_ms(result: SubjectResult) -> float | None:
+    """Marker latency that still counts as "outputs current": twice the subject's own idle p99 + 5 ms.
+
+    Relative to each runtime's own idle latency, so a runtime with a slow loop (poly-lithic polls
+    every 10 ms) is not failed for that, only for falling behind."""
+    p99 = result.latency_p(0.99)
+    return None if p99 is None else 2 * p99 + 5.0
+
+
+def measure_ramp(driver: InputDriver, runtime: RuntimeProcess, settings: Settings,
+                 fresh_limit: float | None) -> tuple[list[RateStep], float, float]:
+    """One ramp over the rates. Returns (steps, sustained rate, current-state rate).
+
+    Sustained rate: the highest rate up to which every step wrote outputs for >= 90% of the posted
+    updates (each update evaluated and written). Current-state rate: the highest rate up to which the
+    marker after every step came back within ``fresh_limit`` ms (the outputs kept up with the newest
+    inputs, coalescing allowed). A failing step is retried once; the ramp stops at a rate that fails
+    both criteria twice, or when the runtime's backlog does not drain.
+    """
     subject = runtime.subject
     steps: list[RateStep] = []
-    sustained = 0.0
+    sustained = current_state = 0.0
+    strict_ok = fresh_ok = True
     for rate in settings.rates:
-        passed = False
+        passed = fresh = False
         for _attempt in range(2):  # a single unlucky step (GC, scheduler) must not end the ramp
             cpu_before = runtime.cpu_seconds()
             posted, started, ended = driver.post_at_rate(rate, settings.step_seconds)
@@ -666,18 +720,28 @@ def measure_ramp(driver: InputDriver, runtime: RuntimeProcess, settings: Setting
             cpu = runtime.cpu_seconds() - cpu_before
             outputs = driver.writes_between(started, ended + grace)
             passed = outputs >= PASS_FRACTION * posted
-            drained = drain(driver, subject, settings.drain_timeout)
-            step = RateStep(rate, posted, outputs, ended - started, passed, drained, cpu)
+            marker_ms = drain(driver, subject, settings.drain_timeout)
+            fresh = marker_ms is not None and fresh_limit is not None and marker_ms <= fresh_limit
+            step = RateStep(rate, posted, outputs, ended - started, passed, marker_ms is not None, cpu,
+                            marker_ms, fresh)
             steps.append(step)
-            logger.info("  %s %6.0f Hz: in %7.1f/s out %7.1f/s, CPU %s ms/output, %s%s", subject.name, rate,
-                        step.input_rate, step.output_rate, _fmt(step.cpu_ms_per_output), "pass" if passed else "FAIL",
-                        "" if drained else " (backlog not drained)")
-            if passed or not drained:
+            logger.info("  %s %6.0f Hz: in %7.1f/s out %7.1f/s, CPU %s ms/output, %s, marker %s ms%s",
+                        subject.name, rate, step.input_rate, step.output_rate, _fmt(step.cpu_ms_per_output),
+                        "pass" if passed else "FAIL", _fmt(marker_ms, 1),
+                        "" if step.drained else " (backlog not drained)")
+            if (passed and fresh) or not step.drained:
                 break
-        if not passed:
+            if (passed or not strict_ok) and (fresh or not fresh_ok):
+                break  # a retry cannot change the outcome of the ramp
+        strict_ok = strict_ok and passed
+        fresh_ok = fresh_ok and fresh
+        if strict_ok:
+            sustained = rate
+        if fresh_ok:
+            current_state = rate
+        if not (strict_ok or fresh_ok) or not steps[-1].drained:
             break
-        sustained = rate
-    return steps, sustained
+    return steps, sustained, current_state
 
 
 def measure_flood(driver: InputDriver, settings: Settings, name: str) -> dict[str, float]:
@@ -706,14 +770,16 @@ def measure_subject(subject: Subject, server: BenchPVServer, driver: InputDriver
         logger.info("  %s idle CPU: %.1f%% of a core", subject.name, result.idle_cpu_percent)
         measure_latency(result, driver, runtime, settings)
         if subject.measure_rates:
+            result.fresh_limit_ms = fresh_limit_ms(result)
             for _ in range(settings.ramp_rounds()):
-                steps, sustained = measure_ramp(driver, runtime, settings)
+                steps, sustained, current_state = measure_ramp(driver, runtime, settings, result.fresh_limit_ms)
                 result.ramps.append(steps)
                 result.sustained_rates.append(sustained)
+                result.current_state_rates.append(current_state)
                 if steps and not steps[-1].drained:
                     logger.warning("  %s still has a backlog; skipping further ramp rounds", subject.name)
                     break
-            for _ in range(settings.ramp_rounds()):
+            for _ in range(settings.ramp_rounds() if subject.measure_floods else 0):
                 result.floods.append(measure_flood(driver, settings, subject.name))
         if not runtime.alive():
             raise BenchError(f"{subject.name} died during the measurements; log ends with:\n{runtime.log_tail()}")
@@ -728,11 +794,13 @@ def measure_subject(subject: Subject, server: BenchPVServer, driver: InputDriver
 # ----------------------------------------------------------------------------- echo baseline
 
 
-def run_echo(input_pv: str, output_pvs: Sequence[str]) -> int:
-    """Minimal p4p runtime: monitor one PV, write its value to the outputs (one parallel put).
+def run_echo(input_pvs: Sequence[str], output_pvs: Sequence[str]) -> int:
+    """Minimal p4p runtime: monitor the input PVs, write each update's value to all outputs (one
+    parallel put per update, in arrival order, nothing coalesced).
 
-    Same structure as a runtime (callback hands over to one worker thread which puts), so it is the
-    floor any p4p-based runtime pays for the two network hops.
+    Same structure as a runtime (callbacks hand over to one worker thread which puts), so it is the
+    floor any p4p-based runtime pays for the two network hops (latency) and the ceiling of the rate
+    at which any p4p client can write 6 outputs per input update on this machine (sustained rate).
     """
     import queue
 
@@ -755,14 +823,15 @@ def run_echo(input_pv: str, output_pvs: Sequence[str]) -> int:
             context.put(list(output_pvs), [value] * len(output_pvs), get=False, throw=False)
 
     threading.Thread(target=worker, daemon=True).start()
-    subscription = context.monitor(input_pv, on_update)
+    subscriptions = [context.monitor(name, on_update) for name in input_pvs]
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
-    subscription.close()
+    for subscription in subscriptions:
+        subscription.close()
     context.close()
     return 0
 
@@ -775,10 +844,10 @@ def subjects_for(layout: Layout, run_dir: Path, config_path: Path, reference: Re
     latency_pv = layout.pv(LATENCY_INPUT)
     echo = Subject(
         name="raw-echo",
-        argv=[sys.executable, str(Path(__file__).resolve()), "_echo", "--input", latency_pv,
+        argv=[sys.executable, str(Path(__file__).resolve()), "_echo", "--inputs", ",".join(layout.input_pvs),
               "--outputs", ",".join(layout.output_pvs)],
         expected=lambda state: {name: state[latency_pv] for name in layout.output_pvs},
-        measure_rates=False,
+        measure_floods=False,
     )
     ours = Subject(
         name="ours",
@@ -856,7 +925,16 @@ def run_benchmark(settings: Settings, only: str | None, workdir: Path | None, ke
     inputs = initial_input_values(layout.input_pvs)
     model_inputs = reference.model_inputs(inputs)
 
-    evaluate = {"ours": time_evaluate(reference.model, model_inputs, settings.evaluate_repeat)}
+    # Each runtime's own evaluation path: ours wraps the model in its adapter (lume_torch's fast path for a
+    # TorchModel), poly-lithic calls TorchModel.evaluate. The adapter must give lume's exact outputs.
+    from model_deploy.runtime.models.adapters import adapt_model
+
+    our_model = adapt_model(reference.model)
+    lume_outputs = reference.model.evaluate(dict(model_inputs))
+    if our_model.evaluate(dict(model_inputs)) != lume_outputs:
+        raise BenchError(f"model_deploy's {our_model.kind} evaluates differently from TorchModel.evaluate")
+    logger.info("our runtime evaluates the model with %s", our_model.kind)
+    evaluate = {"ours": time_evaluate(our_model, model_inputs, settings.evaluate_repeat)}
     if only in (None, "poly-lithic"):
         poly_outputs, evaluate["poly-lithic"] = poly_evaluate(run_dir, model_inputs, settings.evaluate_repeat)
         ours_outputs = reference.model.evaluate(dict(model_inputs))
@@ -891,6 +969,32 @@ def run_benchmark(settings: Settings, only: str | None, workdir: Path | None, ke
 # ----------------------------------------------------------------------------- report
 
 
+def rate_figures(result: SubjectResult) -> dict[str, Any]:
+    """The ramp and flood figures of one subject (medians over ramps)."""
+    entry: dict[str, Any] = {
+        "fresh_limit_ms": result.fresh_limit_ms,
+        "sustained_rates": result.sustained_rates,
+        # median_low: with an even number of rounds, report a rate that was actually sustained
+        "sustained_rate_median": statistics.median_low(result.sustained_rates) if result.sustained_rates else None,
+        "current_state_rates": result.current_state_rates,
+        "current_state_rate_median": (
+            statistics.median_low(result.current_state_rates) if result.current_state_rates else None),
+        "ramps": [[{**asdict(step), "input_rate": step.input_rate, "output_rate": step.output_rate,
+                    "cpu_ms_per_output": step.cpu_ms_per_output} for step in ramp] for ramp in result.ramps],
+    }
+    # CPU per output at the highest passing step of each ramp (1 evaluation per input there)
+    at_sustained = [max((step for step in ramp if step.passed), key=lambda step: step.rate)
+                    for ramp in result.ramps if any(step.passed for step in ramp)]
+    per_output = [step.cpu_ms_per_output for step in at_sustained if step.cpu_ms_per_output]
+    entry["cpu_ms_per_output_at_sustained"] = statistics.median(per_output) if per_output else None
+    entry["peak_output_rates"] = [max((step.output_rate for step in ramp), default=0.0) for ramp in result.ramps]
+    entry["peak_output_rate_median"] = statistics.median(entry["peak_output_rates"])
+    entry["floods"] = result.floods
+    entry["flood_output_rate_median"] = (
+        statistics.median(item["output_rate"] for item in result.floods) if result.floods else None)
+    return entry
+
+
 def build_report(settings: Settings, run_id: str, run_dir: Path, layout: Layout, evaluate_ms: dict[str, float],
                  hop_ms: list[float], results: dict[str, SubjectResult]) -> dict[str, Any]:
     echo = results.get("raw-echo")
@@ -916,25 +1020,8 @@ def build_report(settings: Settings, run_id: str, run_dir: Path, layout: Layout,
             entry["added_latency_p50_ms"] = (p50 - echo_p50 - evaluate) if None not in (p50, echo_p50) else None
             entry["added_latency_issue_formula_ms"] = (
                 p50 - 2 * hop_p50 - evaluate) if None not in (p50, hop_p50) else None
-            entry["sustained_rates"] = result.sustained_rates
-            # median_low: with an even number of rounds, report a rate that was actually sustained
-            entry["sustained_rate_median"] = (
-                statistics.median_low(result.sustained_rates) if result.sustained_rates else None)
-            entry["ramps"] = [[{**asdict(step), "input_rate": step.input_rate, "output_rate": step.output_rate,
-                                "cpu_ms_per_output": step.cpu_ms_per_output}
-                               for step in ramp] for ramp in result.ramps]
-            # CPU per output at the highest passing step of each ramp (1 evaluation per input there)
-            at_sustained = [max((step for step in ramp if step.passed), key=lambda step: step.rate)
-                            for ramp in result.ramps if any(step.passed for step in ramp)]
-            per_output = [step.cpu_ms_per_output for step in at_sustained if step.cpu_ms_per_output]
-            entry["cpu_ms_per_output_at_sustained"] = statistics.median(per_output) if per_output else None
-            entry["peak_output_rates"] = [max((step.output_rate for step in ramp), default=0.0)
-                                          for ramp in result.ramps]
-            entry["peak_output_rate_median"] = (
-                statistics.median(entry["peak_output_rates"]) if result.ramps else None)
-            entry["floods"] = result.floods
-            entry["flood_output_rate_median"] = (
-                statistics.median(item["output_rate"] for item in result.floods) if result.floods else None)
+        if result.ramps:
+            entry.update(rate_figures(result))
         subjects[name] = entry
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -984,7 +1071,10 @@ def format_table(report: dict[str, Any]) -> str:
         ("added latency, 2x hop formula (ms)", get(ours, "added_latency_issue_formula_ms"),
          get(poly, "added_latency_issue_formula_ms"), "lower"),
         ("model.evaluate p50 (ms)", get(ours, "evaluate_p50_ms"), get(poly, "evaluate_p50_ms"), "none"),
-        ("sustained input rate (Hz)", get(ours, "sustained_rate_median"), get(poly, "sustained_rate_median"), "higher"),
+        ("sustained rate, every update (Hz)", get(ours, "sustained_rate_median"), get(poly, "sustained_rate_median"),
+         "higher"),
+        ("current-state rate (Hz)", get(ours, "current_state_rate_median"), get(poly, "current_state_rate_median"),
+         "higher"),
         ("peak throughput in ramp (outputs/s)", get(ours, "peak_output_rate_median"),
          get(poly, "peak_output_rate_median"), "higher"),
         ("throughput under flood (outputs/s)", get(ours, "flood_output_rate_median"),
@@ -1009,11 +1099,21 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("-" * 74)
     lines.append(f"raw p4p round trip (echo: both hops) p50: {_fmt(get(echo, 'latency_ms', 'p50'))} ms; "
                  f"single hop (post -> monitor) p50: {_fmt(report['single_hop_p50_ms'])} ms")
+    echo_rate = get(echo, "sustained_rate_median")
+    if echo_rate is not None:
+        lines.append(f"raw p4p ceiling (echo: 6 parallel puts per input update, no transform or model): "
+                     f"{echo_rate:.0f} Hz every update; CPU {_fmt(get(echo, 'cpu_ms_per_output_at_sustained'))} "
+                     "ms/output")
     ours_rate, poly_rate = get(ours, "sustained_rate_median"), get(poly, "sustained_rate_median")
     added = get(ours, "added_latency_p50_ms")
     if ours_rate is not None and poly_rate:
         verdict = "met" if ours_rate >= 10 * poly_rate else "NOT met"
-        lines.append(f"target sustained rate >= 10x poly-lithic: {verdict} ({ours_rate / poly_rate:.1f}x)")
+        lines.append(f"target sustained rate (every update) >= 10x poly-lithic: {verdict} "
+                     f"({ours_rate / poly_rate:.1f}x)")
+        ours_current, poly_current = get(ours, "current_state_rate_median"), get(poly, "current_state_rate_median")
+        if ours_current is not None and poly_current:
+            verdict = "met" if ours_current >= 10 * poly_current else "NOT met"
+            lines.append(f"target current-state rate >= 10x poly-lithic: {verdict} ({ours_current / poly_current:.1f}x)")
     if added is not None:
         lines.append(f"target added p50 latency < 1 ms: {'met' if added < 1.0 else 'NOT met'} ({added:.3f} ms)")
     for name, entry in subjects.items():
@@ -1045,11 +1145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_echo"]:  # internal: the raw p4p baseline subprocess
         echo = argparse.ArgumentParser(prog="runtime_bench.py _echo")
-        echo.add_argument("--input", required=True)
+        echo.add_argument("--inputs", required=True)
         echo.add_argument("--outputs", required=True)
         echo_args = echo.parse_args(argv[1:])
-        return run_echo(echo_args.input, echo_args.outputs.split(","))
+        return run_echo(echo_args.inputs.split(","), echo_args.outputs.split(","))
     args = parse_args(argv)
+    # Posting at kHz rates keeps this process's main thread busy; with CPython's default 5 ms switch
+    # interval the PV host's put handlers (the runtimes' writes) would wait up to 5 ms for the GIL each.
+    sys.setswitchinterval(BENCH_SWITCH_INTERVAL)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.rounds is not None and args.rounds < 1:
