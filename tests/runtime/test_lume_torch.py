@@ -142,6 +142,14 @@ def test_float32_rounding_of_python_floats_is_kept():
     assert fast.evaluate({"in_0": value, "in_1": 0.2})["out_0"] != unrounded
 
 
+def test_values_beyond_float32_range_become_inf_as_in_lume(recwarn):
+    model = make_model(n_inputs=2, n_outputs=1, value_range=None)
+    fast = FastTorchEvaluator(model)
+    inputs = {"in_0": 1e39, "in_1": 0.2}
+    assert_same_outcome(outcome(fast.evaluate, inputs), outcome(model.evaluate, inputs))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_non_float_inputs_are_left_to_lume():
     model = make_model(n_inputs=2, n_outputs=1)
     fast = FastTorchEvaluator(model)

@@ -139,7 +139,8 @@ class FastTorchEvaluator:
             given.append(position)
             values.append(value)
         row = self._defaults.copy()
-        row[given] = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, silently, as torch.tensor(value)
+            row[given] = np.asarray(values, dtype=np.float32)
 
         checks = self._input_checks
         for position in given:
