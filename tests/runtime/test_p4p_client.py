@@ -357,3 +357,38 @@ def test_put_many_with_an_invalid_value_writes_nothing(client, server):
         client.put_many({"A": 9.0, "IMG": np.zeros(3)})
     assert info.value.pvs == ["TEST:IMG"]
     assert server.get("TEST:A") == 1.5
+
+
+class ScriptedMonitor:
+    """Stands in for p4p's monitor queue only, to drive DirectSubscription's drain loop through pops that
+    fail (a value p4p cannot unwrap), which a real server cannot be made to produce on demand."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.pops = 0
+
+    def pop(self):
+        self.pops += 1
+        item = self.script.pop(0) if self.script else None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self):
+        pass
+
+
+def test_direct_subscription_reports_failed_pops_and_keeps_draining(monkeypatch):
+    from model_deploy.runtime.interfaces import p4p_client
+
+    queue = ScriptedMonitor([1.0, ValueError("cannot unwrap"), 2.0, None])
+    monkeypatch.setattr(p4p_client.RawContext, "monitor", lambda context, name, handler: queue)
+    delivered = []
+    subscription = p4p_client.DirectSubscription(object(), "PV:A", delivered.append)
+    subscription._on_wakeup()
+    assert delivered[0] == 1.0 and isinstance(delivered[1], ValueError) and delivered[2] == 2.0
+
+    broken = ScriptedMonitor([RuntimeError("broken")] * 1000)
+    monkeypatch.setattr(p4p_client.RawContext, "monitor", lambda context, name, handler: broken)
+    p4p_client.DirectSubscription(object(), "PV:B", lambda update: None)._on_wakeup()
+    assert broken.pops == p4p_client.MAX_FAILED_POPS + 1  # gave up instead of spinning

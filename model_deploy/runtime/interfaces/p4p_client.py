@@ -26,6 +26,7 @@ from .values import VariableSpec, coerce_value, from_p4p, parse_interface_config
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 2.0
+MAX_FAILED_POPS = 64  # consecutive monitor.pop() errors in one drain before DirectSubscription stops it
 
 
 class DirectSubscription:
@@ -63,10 +64,16 @@ class DirectSubscription:
             if monitor is None:
                 self._woken_early = True
                 return
+            failed_pops = 0
             while True:
                 try:
                     update = monitor.pop()
-                except Exception as exc:  # a closed monitor, or a value p4p could not unwrap
+                except Exception as exc:  # a value p4p could not unwrap (it is off the queue): report it
+                    failed_pops += 1
+                    if failed_pops > MAX_FAILED_POPS:  # pop itself is broken: never spin on it
+                        logger.error("p4p: %s: giving up draining after %d failed pops: %s", self.name,
+                                     failed_pops - 1, exc)
+                        return
                     update = exc
                 if update is None:
                     return
@@ -74,7 +81,7 @@ class DirectSubscription:
                     self._deliver(update)
                 except Exception:
                     logger.exception("p4p: handling an update of %s failed", self.name)
-                if isinstance(update, Finished):
+                if isinstance(update, Finished):  # the last event of a subscription
                     return
 
     def close(self) -> None:
