@@ -248,14 +248,19 @@ def measure_operator_throughput(cp: ControlPlane, cluster: Cluster, workdir: Pat
             list(pool.map(lambda body: cluster.create_cr(namespace, body), bodies))
         created = time.monotonic() - t0
         names = [body["metadata"]["name"] for body in bodies]
-        wait_until(lambda: all(n in watch.seen.ready for n in names), 600, f"{count} ModelDeployments Ready",
-                   interval=0.2)
-        per_object = [watch.seen.ready[n] - t0 for n in names]
-        return ThroughputResult(count, per_object, max(per_object), created)
+        return wait_all_ready(watch, names, t0, created, f"{count} ModelDeployments Ready")
     finally:
         watch.stop()
         operator.stop()
         drop(cp, namespace)
+
+
+def wait_all_ready(watch: NamespaceWatch, names: list[str], t0: float, created: float,
+                   what: str) -> ThroughputResult:
+    """Wait until the watch saw every object Ready; each one's time from t0, and the total."""
+    wait_until(lambda: all(n in watch.seen.ready for n in names), 600, what, interval=0.2)
+    per_object = [watch.seen.ready[n] - t0 for n in names]
+    return ThroughputResult(len(names), per_object, max(per_object), created)
 
 
 def equivalent_deployments(count: int, namespace: str, node_selector: dict[str, str]) -> list[dict[str, Any]]:
@@ -285,10 +290,7 @@ def measure_baseline_throughput(cp: ControlPlane, cluster: Cluster, workdir: Pat
         cp.kubectl("apply", "-n", namespace, "-f", str(manifest), timeout=300)
         created = time.monotonic() - t0
         names = [f"tp-{i:03d}" for i in range(count)]
-        wait_until(lambda: all(n in watch.seen.ready for n in names), 600, f"{count} Deployments ready",
-                   interval=0.2)
-        per_object = [watch.seen.ready[n] - t0 for n in names]
-        return ThroughputResult(count, per_object, max(per_object), created)
+        return wait_all_ready(watch, names, t0, created, f"{count} Deployments ready")
     finally:
         watch.stop()
         drop(cp, namespace)
