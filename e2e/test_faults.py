@@ -398,8 +398,10 @@ def test_mlflow_managed_model_losing_its_version_is_failed_in_tags_and_recovers(
     cr = wait_cr(cluster, namespace, cr_name, degraded_with("ModelNotFound"), "Degraded ModelNotFound",
                  faults_operator)
     assert "version 1" in condition(cr, "Degraded")["message"]
-    tags = wait_tags(registry, model, {"deployment_status": "failed"})
-    assert "no versions" in tags["deployment_message"] and "register a version" in tags["deployment_message"], tags
+    # A status push may first write 'failed' with the CR's message (version 1 not found), before the next
+    # poll sees that the model has no versions left and writes its own: wait for that one.
+    tags = wait_tags(registry, model, {"deployment_status": "failed"}, message_contains="no versions")
+    assert "register a version" in tags["deployment_message"], tags
     assert len(cluster.owned("deployment", namespace, cr_name)) <= 1  # the last good one may keep running
     assert_operator_survived(faults_operator)
 
