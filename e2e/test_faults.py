@@ -57,22 +57,7 @@ GC_TIMEOUT = 120
 
 
 # ------------------------------------------------------------------------------------------ helpers
-class Registry(MlflowModels):
-    """MlflowModels in the private MLflow, whose versions point at a path inside the run's (empty) artifact
-    directory instead of a `runs:/` URI. With `runs:/` sources test_mlflow_killed_while_polling_then_restarted
-    failed twice in a row (cause not understood yet), so this module keeps the source form it was written
-    with; registering, tags and cleanup are MlflowModels'."""
-
-    _run: Any = None
-
-    def add_version(self, name: str) -> str:
-        if self._run is None:
-            self._run = self.client.create_run("0")  # MLflow wants sources inside a run's artifacts
-        source = f"{self._run.info.artifact_uri}/{name}/model"
-        return str(self.client.create_model_version(name, source=source, run_id=self._run.info.run_id).version)
-
-
-def deploy_until_running(cluster: Cluster, namespace: str, registry: Registry, operator: OperatorProcess,
+def deploy_until_running(cluster: Cluster, namespace: str, registry: MlflowModels, operator: OperatorProcess,
                          model: str) -> str:
     """Register `model` (one version), tag it prod, wait for its CR Ready and the MLflow tag running;
     returns the CR name."""
@@ -134,7 +119,7 @@ def wait_cr(cluster: Cluster, namespace: str, name: str, check, what: str, opera
     )
 
 
-def wait_tags(registry: Registry, model: str, expected: dict[str, str], timeout: float = TIMEOUT,
+def wait_tags(registry: MlflowModels, model: str, expected: dict[str, str], timeout: float = TIMEOUT,
               message_contains: str = "") -> dict[str, str]:
     """Tags equal to `expected`, and a deployment_message containing `message_contains`. Wait for both: the
     status tag can settle before the message does (the message follows the CR's status message, which
@@ -178,8 +163,8 @@ def faults_operator(control_plane, crd, module_namespace, private_mlflow, tmp_pa
 
 
 @pytest.fixture
-def registry(private_mlflow) -> Iterator[Registry]:
-    registry = Registry(private_mlflow.uri)
+def registry(private_mlflow) -> Iterator[MlflowModels]:
+    registry = MlflowModels(private_mlflow.uri)
     yield registry
     if private_mlflow.proc is None:  # a test failed while MLflow was down: bring it back for the cleanup
         private_mlflow.start()
