@@ -18,9 +18,10 @@ poly-lithic itself installs are imported here — never ``model_deploy``.
         changes nothing else, so the benchmark measures poly-lithic's pipeline rather than this bug.
 
     python bench/polylithic_baseline.py evaluate-time --model-dir DIR --inputs JSON [--repeat N]
+            [--gap-ms LOW,HIGH]
         Load the model through poly-lithic's LocalModelGetter (what its ``model`` module does), evaluate
-        it on the given inputs N times and print one JSON line: the outputs of the first call and the
-        per-call durations in seconds. The bench compares the outputs with its own in-process
+        it on the given inputs N times (with a random LOW-HIGH ms pause before each call if asked) and
+        print one JSON line: the outputs of the first call and the per-call durations in seconds. The bench compares the outputs with its own in-process
         evaluation to prove both runtimes load the identical model.
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 import time
 import warnings
@@ -81,7 +83,8 @@ def run(config: Path, as_released: bool) -> int:
     return 0
 
 
-def evaluate_time(model_dir: Path, inputs: dict[str, float], repeat: int) -> int:
+def evaluate_time(model_dir: Path, inputs: dict[str, float], repeat: int,
+                  gap_ms: tuple[float, float] | None = None) -> int:
     check_version()
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation chatter
     logging.getLogger("model_manager").setLevel(logging.WARNING)
@@ -93,7 +96,10 @@ def evaluate_time(model_dir: Path, inputs: dict[str, float], repeat: int) -> int
     model = getter.get_model()
     first = model.evaluate(dict(inputs))
     durations = []
+    rng = random.Random(2)
     for _ in range(repeat):
+        if gap_ms:  # spaced like the bench's latency samples (see runtime_bench.time_evaluate)
+            time.sleep(rng.uniform(*gap_ms) / 1000)
         started = time.perf_counter()
         model.evaluate(dict(inputs))
         durations.append(time.perf_counter() - started)
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     timing.add_argument("--model-dir", type=Path, required=True, help="directory holding model_factory.py")
     timing.add_argument("--inputs", required=True, help="JSON object: model input name -> value")
     timing.add_argument("--repeat", type=int, default=300)
+    timing.add_argument("--gap-ms", default=None, help="LOW,HIGH: a random pause (ms) before each call")
     args = parser.parse_args(argv)
     if args.command == "run":
         if not args.config.is_file():
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--inputs: not valid JSON ({exc}); expected {{\"name\": value, ...}}")
     if not (args.model_dir / "model_factory.py").is_file():
         parser.error(f"--model-dir {args.model_dir}: no model_factory.py there")
-    return evaluate_time(args.model_dir, inputs, args.repeat)
+    gap_ms = tuple(float(part) for part in args.gap_ms.split(",")) if args.gap_ms else None
+    return evaluate_time(args.model_dir, inputs, args.repeat, gap_ms)
 
 
 if __name__ == "__main__":
