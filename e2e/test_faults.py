@@ -122,8 +122,8 @@ def wait_cr(cluster: Cluster, namespace: str, name: str, check, what: str, opera
 def wait_tags(registry: MlflowModels, model: str, expected: dict[str, str], timeout: float = TIMEOUT,
               message_contains: str = "") -> dict[str, str]:
     """Tags equal to `expected`, and a deployment_message containing `message_contains`. Wait for both: the
-    status tag can settle before the message does (the message follows the CR's status message, which
-    changes again when the operator's next reconcile succeeds)."""
+    status tag can settle before the message does (the status and the message are written from one
+    snapshot, but the next snapshot may keep the status and change the message)."""
     def check() -> dict[str, str] | None:
         tags = registry.tags(model)
         settled = all(tags.get(key) == value for key, value in expected.items())
@@ -210,7 +210,7 @@ def test_mlflow_killed_while_polling_then_restarted(control_plane, cluster, modu
     wait_for(lambda: "mdo_mlflow_up 1.0" in faults_operator.metrics_text(), 2 * TIMEOUT, "mdo_mlflow_up 1",
              diagnostics=lambda: faults_operator.log_tail(40))
     # Right after MLflow returns, the poller may write 'paused' with the outage message the CR still shows;
-    # the next reconcile clears it and the status push rewrites the message.
+    # the next reconcile clears it from the CR, and the poll after that copies the new message to the tag.
     tags = wait_tags(registry, model, {"deployment_status": "paused"}, timeout=2 * TIMEOUT, message_contains="paused")
     assert tags["deployment_version"] == "1" and tags["deployment_name"] == cr_name
     wait_for(lambda: cluster.get("deployment", namespace, cr_name)["spec"]["replicas"] == 0, 2 * TIMEOUT,
