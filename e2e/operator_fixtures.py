@@ -242,7 +242,12 @@ class Cluster:
 
 class PhaseRecorder:
     """Every status.phase one ModelDeployment goes through, in order, seen by a watch (short-lived phases
-    such as `updating` are missed by polling). Consecutive repeats are collapsed."""
+    such as `updating` are missed by polling). Consecutive repeats are collapsed.
+
+    `start()` lists first and the watch resumes from that list's resourceVersion, and every reconnect from
+    the last event's: a phase that passes before the watch's connection is made (a loaded machine, an
+    operator starting up) or between two connections is still delivered. Only a resourceVersion too old to
+    resume from (410 Gone) falls back to a fresh list."""
 
     def __init__(self, cluster: Cluster, namespace: str, name: str):
         import threading
@@ -253,26 +258,58 @@ class PhaseRecorder:
         self.phases: list[str] = []
         self._watch = watch.Watch()
         self._stopped = threading.Event()
+        self._resource_version: str | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"phases-{name}")
 
     def start(self) -> "PhaseRecorder":
+        self._list()
         self._thread.start()
         return self
 
+    def _selector(self) -> dict[str, Any]:
+        return {"field_selector": f"metadata.name={self.name}"}
+
+    def _record(self, obj: dict[str, Any]) -> None:
+        phase = ((obj or {}).get("status") or {}).get("phase")
+        if phase and (not self.phases or self.phases[-1] != phase):
+            self.phases.append(phase)
+
+    def _list(self) -> None:
+        listing = self.cluster.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL,
+                                                                    **self._selector())
+        for item in listing.get("items") or []:
+            self._record(item)
+        self._resource_version = listing["metadata"]["resourceVersion"]
+
     def _run(self) -> None:
+        from kubernetes.client.rest import ApiException
+
         while not self._stopped.is_set():
             try:
                 for event in self._watch.stream(
                     self.cluster.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                    field_selector=f"metadata.name={self.name}", timeout_seconds=30,
+                    resource_version=self._resource_version, timeout_seconds=30, **self._selector(),
                 ):
-                    phase = ((event["object"] or {}).get("status") or {}).get("phase")
-                    if phase and (not self.phases or self.phases[-1] != phase):
-                        self.phases.append(phase)
+                    obj = event["object"] or {}
+                    self._resource_version = (obj.get("metadata") or {}).get("resourceVersion",
+                                                                            self._resource_version)
+                    self._record(obj)
                     if self._stopped.is_set():
                         return
-            except Exception:  # noqa: BLE001 - e.g. the API server restarting: watch again
+            except ApiException as exc:
+                if exc.status == 410:  # too old to resume from: what happened meanwhile is lost, say so
+                    self.phases.append("<watch expired>")
+                    self._relist_quietly()
+                else:
+                    time.sleep(0.2)
+            except Exception:  # noqa: BLE001 - e.g. the API server restarting: resume the watch
                 time.sleep(0.2)
+
+    def _relist_quietly(self) -> None:
+        try:
+            self._list()
+        except Exception:  # noqa: BLE001 - retried by the next round of _run
+            time.sleep(0.2)
 
     def since(self, phase: str, start: int = 0) -> list[str]:
         """The phases from the first `phase` at or after index `start` on ([] when not seen)."""

@@ -288,8 +288,8 @@ def test_tags_of_new_deployments_never_go_backwards(
         or set(seen) - set(PHASE_ORDER)
     }
     cr_phases = {name: recorders[name].phases for name in names}
-    # The CRs themselves: a fresh deployment goes forward to running and is never an update. (A watch that
-    # connects late may miss the short `deploying`; that is not a problem, going backwards is.)
+    # The CRs themselves: a fresh deployment goes forward to running and is never an update. (Whether the
+    # short `deploying` shows up is not checked here; going backwards is.)
     wrong_cr_phases = {
         name: seen for name, seen in cr_phases.items()
         if not seen or seen[-1] != "running" or set(seen) - set(PHASE_ORDER)
