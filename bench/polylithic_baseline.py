@@ -18,11 +18,12 @@ poly-lithic itself installs are imported here — never ``model_deploy``.
         changes nothing else, so the benchmark measures poly-lithic's pipeline rather than this bug.
 
     python bench/polylithic_baseline.py evaluate-time --model-dir DIR --inputs JSON [--repeat N]
-            [--gap-ms LOW,HIGH]
+            [--spaced-repeat M --gap-ms LOW,HIGH]
         Load the model through poly-lithic's LocalModelGetter (what its ``model`` module does), evaluate
-        it on the given inputs N times (with a random LOW-HIGH ms pause before each call if asked) and
-        print one JSON line: the outputs of the first call and the per-call durations in seconds. The bench compares the outputs with its own in-process
-        evaluation to prove both runtimes load the identical model.
+        it on the given inputs N times back to back, then M times with a random LOW-HIGH ms pause before
+        each call, and print one JSON line: the outputs of the first call and the per-call durations in
+        seconds of both series. The bench compares the outputs with its own in-process evaluation to
+        prove both runtimes load the identical model.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def run(config: Path, as_released: bool) -> int:
     return 0
 
 
-def evaluate_time(model_dir: Path, inputs: dict[str, float], repeat: int,
-                  gap_ms: tuple[float, float] | None = None) -> int:
+def evaluate_time(model_dir: Path, inputs: dict[str, float], repeat: int, spaced_repeat: int = 0,
+                  gap_ms: tuple[float, float] = (0.0, 0.0)) -> int:
     check_version()
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation chatter
     logging.getLogger("model_manager").setLevel(logging.WARNING)
@@ -95,16 +96,19 @@ def evaluate_time(model_dir: Path, inputs: dict[str, float], repeat: int,
     )
     model = getter.get_model()
     first = model.evaluate(dict(inputs))
-    durations = []
     rng = random.Random(2)
-    for _ in range(repeat):
-        if gap_ms:  # spaced like the bench's latency samples (see runtime_bench.time_evaluate)
+
+    def timed(pause: bool) -> float:
+        if pause:  # spaced like the bench's latency samples (see runtime_bench.time_evaluate)
             time.sleep(rng.uniform(*gap_ms) / 1000)
         started = time.perf_counter()
         model.evaluate(dict(inputs))
-        durations.append(time.perf_counter() - started)
+        return time.perf_counter() - started
+
+    durations = [timed(False) for _ in range(repeat)]
+    spaced = [timed(True) for _ in range(spaced_repeat)]
     outputs = {name: float(value) for name, value in first.items()}
-    sys.stdout.write(json.dumps({"outputs": outputs, "durations": durations}) + "\n")
+    sys.stdout.write(json.dumps({"outputs": outputs, "durations": durations, "spaced_durations": spaced}) + "\n")
     return 0
 
 
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     timing.add_argument("--model-dir", type=Path, required=True, help="directory holding model_factory.py")
     timing.add_argument("--inputs", required=True, help="JSON object: model input name -> value")
     timing.add_argument("--repeat", type=int, default=300)
-    timing.add_argument("--gap-ms", default=None, help="LOW,HIGH: a random pause (ms) before each call")
+    timing.add_argument("--spaced-repeat", type=int, default=0, help="calls with a pause before each")
+    timing.add_argument("--gap-ms", default="5,15", help="LOW,HIGH: the pause (ms) before a spaced call")
     args = parser.parse_args(argv)
     if args.command == "run":
         if not args.config.is_file():
@@ -131,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--inputs: not valid JSON ({exc}); expected {{\"name\": value, ...}}")
     if not (args.model_dir / "model_factory.py").is_file():
         parser.error(f"--model-dir {args.model_dir}: no model_factory.py there")
-    gap_ms = tuple(float(part) for part in args.gap_ms.split(",")) if args.gap_ms else None
-    return evaluate_time(args.model_dir, inputs, args.repeat, gap_ms)
+    try:
+        low, high = (float(part) for part in args.gap_ms.split(","))
+    except ValueError:
+        parser.error(f"--gap-ms {args.gap_ms!r}: expected LOW,HIGH in ms, e.g. 5,15")
+    return evaluate_time(args.model_dir, inputs, args.repeat, args.spaced_repeat, (low, high))
 
 
 if __name__ == "__main__":

@@ -275,20 +275,20 @@ def time_evaluate(model: Any, inputs: Mapping[str, float], repeat: int,
     return durations
 
 
-def poly_evaluate(run_dir: Path, inputs: Mapping[str, float], repeat: int,
-                  gap_ms: tuple[float, float] | None = None) -> tuple[dict[str, float], list[float]]:
-    """model.evaluate timed inside poly-lithic's venv, through its LocalModelGetter (see time_evaluate)."""
+def poly_evaluate(run_dir: Path, inputs: Mapping[str, float], repeat: int, spaced_repeat: int,
+                  gap_ms: tuple[float, float]) -> tuple[dict[str, float], list[float], list[float]]:
+    """model.evaluate timed inside poly-lithic's venv, through its LocalModelGetter, back to back and
+    spaced (see time_evaluate), in one process: loading poly-lithic and torch takes seconds."""
     command = [str(POLY_VENV / "bin" / "python"), str(BENCH_DIR / "polylithic_baseline.py"), "evaluate-time",
-               "--model-dir", str(run_dir), "--inputs", json.dumps(dict(inputs)), "--repeat", str(repeat)]
-    if gap_ms:
-        command += ["--gap-ms", f"{gap_ms[0]:g},{gap_ms[1]:g}"]
+               "--model-dir", str(run_dir), "--inputs", json.dumps(dict(inputs)), "--repeat", str(repeat),
+               "--spaced-repeat", str(spaced_repeat), "--gap-ms", f"{gap_ms[0]:g},{gap_ms[1]:g}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     if result.returncode != 0:
         raise BenchError(f"poly-lithic evaluate-time failed (exit {result.returncode}): "
                          f"{result.stderr.strip()[-800:]}")
     last_line = result.stdout.strip().splitlines()[-1]
     data = json.loads(last_line)
-    return data["outputs"], data["durations"]
+    return data["outputs"], data["durations"], data["spaced_durations"]
 
 
 # ----------------------------------------------------------------------------- the PV host
@@ -956,9 +956,8 @@ def run_benchmark(settings: Settings, only: str | None, workdir: Path | None, ke
     evaluate = {"ours": time_evaluate(our_model, model_inputs, settings.evaluate_repeat)}
     spaced = {"ours": time_evaluate(our_model, model_inputs, settings.spaced_evaluate_repeat, LATENCY_GAP_MS)}
     if only in (None, "poly-lithic"):
-        poly_outputs, evaluate["poly-lithic"] = poly_evaluate(run_dir, model_inputs, settings.evaluate_repeat)
-        _, spaced["poly-lithic"] = poly_evaluate(run_dir, model_inputs, settings.spaced_evaluate_repeat,
-                                                 LATENCY_GAP_MS)
+        poly_outputs, evaluate["poly-lithic"], spaced["poly-lithic"] = poly_evaluate(
+            run_dir, model_inputs, settings.evaluate_repeat, settings.spaced_evaluate_repeat, LATENCY_GAP_MS)
         ours_outputs = reference.model.evaluate(dict(model_inputs))
         mismatched = [name for name, value in ours_outputs.items()
                       if not math.isclose(float(value), poly_outputs[name], rel_tol=1e-12)]
